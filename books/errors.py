@@ -1,0 +1,62 @@
+"""What a page's render error means, in words a book's owner understands.
+
+The pipeline stores each failed attempt as an ``image_error`` entry (see ``BookPage.image_error``):
+``{attempt, kind, message, node_id, node_type, exception_type, instance, at}``. The kind says what
+went wrong; the message is ComfyUI's own text, which the status page folds under "Details".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# renders.comfy words a timeout "prompt <id> did not finish within 600 s (cancelled on ComfyUI)".
+_TIMEOUT_SECONDS_RE = re.compile(r"within ([0-9.]+) ?s\b")
+
+
+def error_in_plain_words(entry: Mapping[str, object]) -> str:
+    """One sentence for one ``image_error`` entry, for example
+    "ComfyUI ran out of GPU memory on node 12 (KSampler)"."""
+    kind = str(entry.get("kind") or "")
+    message = str(entry.get("message") or "").strip()
+    instance = str(entry.get("instance") or "")
+    on_node = f" on {node}" if (node := _node(entry)) else ""
+    at_instance = f" at {instance}" if instance else ""
+    if kind == "oom":
+        return f"ComfyUI ran out of GPU memory{on_node}"
+    if kind == "validation":
+        # ComfyUI's validation messages name the input ("Value not in list: ckpt_name: ..."),
+        # which is the useful part; the node is added when ComfyUI named it.
+        reason = message.rstrip(".") or "the workflow is invalid"
+        return f"ComfyUI refused the workflow: {reason}{on_node}"
+    if kind == "unavailable":
+        return f"ComfyUI{at_instance} could not be reached, or lost the render"
+    if kind == "timeout":
+        match = _TIMEOUT_SECONDS_RE.search(message)
+        limit = f" than {_seconds(match.group(1))}" if match else ""
+        return f"The render took longer{limit} and was cancelled"
+    if kind == "execution":
+        exception = str(entry.get("exception_type") or "")
+        what = f" ({exception})" if exception else ""
+        return f"ComfyUI failed while rendering{on_node}{what}"
+    if kind == "interrupted":
+        return f"The render was interrupted on ComfyUI{on_node}"
+    if kind == "protocol":
+        return f"ComfyUI{at_instance} answered something unreadable"
+    return message or "The render failed for an unknown reason"
+
+
+def _node(entry: Mapping[str, object]) -> str:
+    node_id, node_type = entry.get("node_id"), entry.get("node_type")
+    if node_id and node_type:
+        return f"node {node_id} ({node_type})"
+    if node_id:
+        return f"node {node_id}"
+    return str(node_type or "")
+
+
+def _seconds(text: str) -> str:
+    seconds = float(text)
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} s"

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Book(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="books")
+    title = models.CharField(max_length=200)
+    # The slug of a template in renders/workflow_templates (see renders.workflows).
+    workflow = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        # "My books" lists a user's books, newest first.
+        indexes = [models.Index(fields=["owner", "-created_at"], name="book_owner_recent")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class BookPage(models.Model):
+    class Status(models.TextChoices):
+        # The labels are the badges people see.
+        QUEUED = "queued", "Pending"
+        RENDERING = "rendering", "Rendering"
+        DONE = "done", "Done"
+        FAILED = "failed", "Needs attention"
+
+    book = models.ForeignKey(Book, on_delete=models.CASCADE, related_name="pages")
+    number = models.PositiveIntegerField()
+    # Seeds every attempt's ComfyUI prompt_id (uuid5 of this and the attempt number), so ids are
+    # unique across databases and a rebuilt database never re-attaches to an old prompt.
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True, default="")
+    # Per-page overrides of the workflow's defaults: {"width": int, "height": int, "seed": int}.
+    overrides = models.JSONField(default=dict, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Advances on every enqueue (first render, retry, regenerate, admin rerun); never goes back.
+    # A Celery message names the attempt it was sent for, and is ignored once it is not current.
+    attempt = models.PositiveIntegerField(default=0)
+    retry_count = models.PositiveIntegerField(default=0)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    needs_regeneration = models.BooleanField(default=False)
+    # Prompt overrides, ComfyUI prompt ids, instance, seed, who asked for a regenerate and when.
+    job_metadata = models.JSONField(default=dict, blank=True)
+    # Structured errors, newest last: {attempt, kind, message, node_id, node_type,
+    # exception_type, instance, at}.
+    image_error = models.JSONField(default=list, blank=True)
+    # When a queued page may next be claimed (backoff after a failure, or a deferral).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A rendering page's worker renews this while it works; once it lapses the sweeper resumes it.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    image = models.FileField(upload_to="pages/", blank=True, max_length=255)
+    # The attempt whose image is stored: a stale attempt can never overwrite a newer one.
+    image_attempt = models.PositiveIntegerField(null=True, blank=True)
+    rendered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["book", "number"]
+        constraints = [
+            # Also the index for the status page, which lists one book's pages in order.
+            models.UniqueConstraint(fields=["book", "number"], name="page_unique_number"),
+            models.CheckConstraint(condition=Q(number__gte=1), name="page_number_positive"),
+        ]
+        indexes = [
+            # The sweeper: queued pages that are due (lost publishes, backoff over, deferrals).
+            models.Index(fields=["next_attempt_at"], condition=Q(status="queued"), name="page_queued_due"),
+            # The sweeper: rendering pages whose worker stopped renewing its lease.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="rendering"),
+                name="page_rendering_lease",
+            ),
+            # My books and the status page: pages of a book counted by status (progress bars).
+            models.Index(fields=["book", "status"], name="page_book_status"),
+            # Admin and support: pages flagged for regeneration.
+            models.Index(fields=["book"], condition=Q(needs_regeneration=True), name="page_needs_regen"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.book} p.{self.number}"
+
+    @property
+    def latest_error(self) -> dict[str, object] | None:
+        return self.image_error[-1] if self.image_error else None

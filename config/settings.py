@@ -1,0 +1,250 @@
+"""The one settings module. Every value comes from the environment, with defaults that let a fresh
+checkout run on SQLite with no configuration. The README's configuration table lists them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+import django_stubs_ext
+from kombu import Queue
+
+from config.env import env_bool, env_float, env_float_list, env_int, env_list, env_str, error
+
+# Lets admin classes be written ModelAdmin[Book] for mypy, as django-stubs documents.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("BOOKRENDER_VAR_DIR", str(BASE_DIR / "var")))
+
+# --- Django ---------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "books",
+    "renders",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's CSS and JS under gunicorn (collected into STATIC_ROOT by collectstatic).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'bookrender.sqlite3'}")
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+except Exception as exc:  # dj_database_url raises several types; all mean "malformed"
+    error("DATABASE_URL", _database_url, f"not a database URL ({exc})")
+    DATABASES = {"default": dj_database_url.parse(f"sqlite:///{VAR_DIR / 'bookrender.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Workers and the web process write concurrently: take the write lock when a transaction
+    # begins (a read that later upgrades fails at once with "database is locked" instead of
+    # waiting), wait for it up to 20 s, and let readers work beside the writer (WAL).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Tests share the database with real worker processes, so it must be a file, not :memory:.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-bookrender.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "books:list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+# Collected once per install (ops/install.sh, the Dockerfile), beside the code, which every
+# deployment treats as read-only; WhiteNoise serves it.
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("BOOKRENDER_MEDIA_ROOT", str(VAR_DIR / "media")))
+
+# --- Redis and Celery -----------------------------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+if urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    error("REDIS_URL", REDIS_URL, "expected a redis://, rediss:// or unix:// URL")
+
+# Shared by every web process: the regenerate rate limit counts here.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "bookrender-cache",
+    }
+}
+
+# --- ComfyUI and the render pipeline --------------------------------------------------------------
+
+COMFYUI_URLS = env_list("COMFYUI_URLS", ["http://127.0.0.1:8188"])
+for _url in COMFYUI_URLS:
+    _parts = urlsplit(_url)
+    if _parts.scheme not in ("http", "https") or not _parts.netloc:
+        error("COMFYUI_URLS", ",".join(COMFYUI_URLS), f"{_url!r} is not an http(s) base URL")
+if not COMFYUI_URLS:
+    error("COMFYUI_URLS", "", "at least one ComfyUI base URL is needed")
+COMFYUI_URLS = [_url.rstrip("/") for _url in COMFYUI_URLS]
+
+# Retries after the first attempt; a page gets COMFY_MAX_RETRIES + 1 attempts before Needs attention.
+COMFY_MAX_RETRIES = env_int("COMFY_MAX_RETRIES", 3, minimum=0)
+# Seconds to wait before retry 1, 2, 3, ...; the last value repeats. ±10% jitter is added.
+COMFY_RETRY_BACKOFF_SEC = env_float_list("COMFY_RETRY_BACKOFF_SEC", [15, 45, 90])
+COMFY_ALLOW_PARALLEL_PAGES = env_bool("COMFY_ALLOW_PARALLEL_PAGES", True)
+# A render that has not finished after this long is cancelled on ComfyUI and retried.
+COMFY_RENDER_TIMEOUT_SEC = env_float("COMFY_RENDER_TIMEOUT_SEC", 600, minimum=1)
+# Below this much free VRAM the worker frees memory and waits instead of submitting (seed 002's
+# critical threshold is 1000 MB).
+COMFY_MIN_VRAM_FREE_MB = env_int("COMFY_MIN_VRAM_FREE_MB", 1000, minimum=0)
+# Every HTTP call to ComfyUI has an explicit timeout; ComfyUI answers in milliseconds when healthy.
+COMFY_HTTP_TIMEOUT_SEC = env_float("COMFY_HTTP_TIMEOUT_SEC", 10, minimum=0.1)
+# While the WebSocket is quiet, /history is polled this often as a fallback (API.md §11.3).
+COMFY_POLL_INTERVAL_SEC = env_float("COMFY_POLL_INTERVAL_SEC", 2, minimum=0.05)
+# How long a rendering page's lease lasts without a heartbeat before the sweeper resumes it.
+COMFY_LEASE_SEC = env_float("COMFY_LEASE_SEC", 8, minimum=1)
+BOOKRENDER_WORKFLOWS_DIR = env_str("BOOKRENDER_WORKFLOWS_DIR", "")
+# Where ComfyUI's models live, for the disk-space metric and alert (empty: not watched).
+BOOKRENDER_MODEL_DIR = env_str("BOOKRENDER_MODEL_DIR", "")
+# /metrics answers requests bearing this token; without one, only loopback and private addresses.
+BOOKRENDER_METRICS_TOKEN = env_str("BOOKRENDER_METRICS_TOKEN", "")
+# The instances a worker serves (it takes render work only while one answers); default: all.
+BOOKRENDER_WORKER_INSTANCES = [u.rstrip("/") for u in env_list("BOOKRENDER_WORKER_INSTANCES", [])]
+
+# --- The dev stack (ops/devstack.py) and CI -------------------------------------------------------
+
+# 0: not run on this machine (the health server then reports it not_configured).
+BOOKRENDER_WEB_PORT = env_int("BOOKRENDER_WEB_PORT", 8000, minimum=0)
+BOOKRENDER_FLOWER_PORT = env_int("BOOKRENDER_FLOWER_PORT", 5555, minimum=0)
+# The machine health server (ops/healthserver.py).
+BOOKRENDER_HEALTH_PORT = env_int("BOOKRENDER_HEALTH_PORT", 9090, minimum=1)
+# For this long after a process appears, a failing probe reads "starting", not "unhealthy".
+BOOKRENDER_HEALTH_GRACE_SEC = env_float("BOOKRENDER_HEALTH_GRACE_SEC", 30, minimum=0)
+# ComfyUI's own folder on this machine: a local instance without main.py there is not_installed.
+BOOKRENDER_COMFYUI_DIR = env_str("BOOKRENDER_COMFYUI_DIR", "")
+BOOKRENDER_LOG_DIR = env_str("BOOKRENDER_LOG_DIR", str(VAR_DIR / "logs"))
+# Set by .ci/run on machines with PostgreSQL: start-up fails (renders.E005) if another database is used.
+BOOKRENDER_REQUIRE_POSTGRES = env_bool("BOOKRENDER_REQUIRE_POSTGRES", False)
+# Set by .ci/run: the browser tests fail, instead of skipping, when Chromium is missing.
+BOOKRENDER_REQUIRE_BROWSER = env_bool("BOOKRENDER_REQUIRE_BROWSER", False)
+
+# --- Celery (loaded by config/celery.py with namespace="CELERY") ---------------------------------
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Long tasks (see the Celery docs on acks_late and the Redis visibility timeout): a message is
+# acknowledged only after the task ends, one at a time per process, and requeued if its process dies.
+CELERY_TASK_ACKS_LATE = env_bool("CELERY_TASK_ACKS_LATE", True)
+CELERY_TASK_REJECT_ON_WORKER_LOST = env_bool("CELERY_TASK_REJECT_ON_WORKER_LOST", True)
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+# One process per ComfyUI slot (2 per instance): each holds its page for the whole render, and a
+# process more than there are slots would only find none free and put its page back.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2 * max(1, len(COMFYUI_URLS)), minimum=1)
+# The soft limit raises inside the task so it can record the failure; the hard limit kills it.
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", int(COMFY_RENDER_TIMEOUT_SEC) + 120, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT + 60, minimum=1)
+# Must outlast the hard time limit, or Redis redelivers a message whose task is still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", max(3600, CELERY_TASK_TIME_LIMIT * 2), minimum=1),
+}
+# Workers log through Django's LOGGING (JSON lines on stdout) instead of Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+# Render work goes to "celery", which a worker stops consuming while its ComfyUI is down (see
+# renders/worker_gate.py); the sweeper and the prober go to "maintenance", which never pauses,
+# or nobody would notice the instance come back.
+CELERY_TASK_QUEUES = [Queue("celery"), Queue("maintenance")]
+CELERY_TASK_ROUTES = {
+    "renders.tasks.sweep": {"queue": "maintenance"},
+    "renders.tasks.probe_instances": {"queue": "maintenance"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-pages": {
+        "task": "renders.tasks.sweep",
+        "schedule": env_float("BOOKRENDER_SWEEP_INTERVAL_SEC", 3, minimum=0.5),
+        # Stale runs are dropped, not piled up while no worker is there to take them.
+        "options": {"expires": 10},
+    },
+    # Each instance is probed when due (every 5 s while up, backing off while down).
+    "probe-instances": {"task": "renders.tasks.probe_instances", "schedule": 1.0, "options": {"expires": 10}},
+}
+
+# --- Health checks and auto-repair (ops/health, ops/repair) --------------------------------------
+# Read where they are used; registered here so the env file may set them (renders.E002) and a
+# malformed one stops start-up like any other setting (renders.E001).
+from ops.health.thresholds import alert_webhook_url, repair_policy_from_env, thresholds_from_env  # noqa: E402
+
+BOOKRENDER_HEALTH_THRESHOLDS = thresholds_from_env()
+BOOKRENDER_REPAIR_POLICY = repair_policy_from_env()
+BOOKRENDER_ALERT_WEBHOOK_URL = alert_webhook_url()
+
+# --- Logging --------------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("BOOKRENDER_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    error("BOOKRENDER_LOG_LEVEL", LOG_LEVEL, "expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    LOG_LEVEL = "INFO"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "config.logging.JsonFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "websocket": {"level": "WARNING"},
+        "matplotlib": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from books.views import admin_regenerate_page
+from renders.views import healthz, metrics
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="books:list", permanent=False)),
+    # Before admin.site.urls, whose catch-all would otherwise answer it. admin_view: staff only.
+    path(
+        "admin/books/<int:book_id>/regenerate-page/<int:number>",
+        admin.site.admin_view(admin_regenerate_page),
+        name="admin_regenerate_page",
+    ),
+    path("admin/", admin.site.urls),
+    path("metrics", metrics, name="metrics"),
+    path("healthz", healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("books.urls")),
+]

@@ -1,0 +1,195 @@
+"""Which ComfyUI instance gets an attempt, and whether it is healthy.
+
+One Celery queue feeds every worker; an instance's capacity is its slots, held as expiring leases
+in PostgreSQL (``InstanceSlot``). Each attempt takes a slot on the healthy instance with the most
+room, so every GPU keeps one prompt running and one queued while pages wait, and a resumed attempt
+goes back to the instance that has its prompt. An instance that fails 3 times in a row, or fails a
+probe, is down and gets no work until a probe succeeds again (probes back off from 1 s to 30 s).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from books.models import BookPage
+from renders.comfy import ComfyClient, ComfyError
+from renders.gpu import COMFY_BASE_PORT, local_gpu_index, nvml_read
+from renders.models import ComfyInstance, InstanceSlot
+
+log = logging.getLogger("bookrender.routing")
+FAILURES_TO_DOWN = 3
+PROBE_INTERVAL_UP_SEC = 5.0
+PROBE_BACKOFF_MIN_SEC, PROBE_BACKOFF_MAX_SEC = 1.0, 30.0
+PROBE_TIMEOUT_SEC = 3.0
+
+
+def instances_sync() -> None:
+    """Make sure every URL in COMFYUI_URLS has an instance row (the admin may add more)."""
+    known = set(ComfyInstance.objects.values_list("url", flat=True))
+    for url in settings.COMFYUI_URLS:
+        if url not in known:
+            port = urlsplit(url).port or COMFY_BASE_PORT
+            index = port - COMFY_BASE_PORT if 0 <= port - COMFY_BASE_PORT < 64 else None
+            ComfyInstance.objects.get_or_create(url=url, defaults={"gpu_index": index})
+
+
+def slot_acquire(*, page: BookPage, attempt: int, avoid: str = "", resume_on: str = "") -> ComfyInstance | None:
+    """Lease a slot for this attempt, or None when no healthy instance has room (the page waits).
+
+    ``resume_on``: the instance that already has this attempt's prompt; it is taken even when
+    full, because the prompt already occupies its place there."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.COMFY_LEASE_SEC)
+    with transaction.atomic():
+        # Locking the instance rows serialises slot counting across workers (a few ms each).
+        rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
+        if not set(settings.COMFYUI_URLS) <= {i.url for i in rows}:
+            instances_sync()  # a URL new in COMFYUI_URLS: only then a second query
+            rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
+        instances = [i for i in rows if i.enabled]
+        InstanceSlot.objects.filter(page=page).delete()
+        if resume_on:
+            chosen = next((i for i in instances if i.url == resume_on), None)
+            if chosen is None or chosen.state != ComfyInstance.State.UP:
+                return None
+        else:
+            live = Counter(
+                InstanceSlot.objects.filter(expires_at__gt=now, instance__in=instances).values_list(
+                    "instance_id", flat=True
+                )
+            )
+            open_ = [i for i in instances if i.state == ComfyInstance.State.UP and live[i.pk] < i.slots]
+            candidates = [i for i in open_ if i.url != avoid] or open_
+            if not candidates:
+                return None
+            # Least loaded first: fewest leases for its size, then the shortest ComfyUI queue.
+            chosen = min(candidates, key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.pk))
+        InstanceSlot.objects.create(instance=chosen, page=page, attempt=attempt, expires_at=lease)
+    return chosen
+
+
+def slot_renew(*, page_id: int, attempt: int) -> None:
+    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt).update(
+        expires_at=timezone.now() + timedelta(seconds=settings.COMFY_LEASE_SEC)
+    )
+
+
+def slot_release(*, page_id: int, attempt: int) -> None:
+    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt).delete()
+
+
+def instance_failed(*, url: str, error: str) -> None:
+    """Count a failure to reach an instance; the third in a row marks it down."""
+    now = timezone.now()
+    ComfyInstance.objects.filter(url=url).update(
+        consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
+    )
+    marked = ComfyInstance.objects.filter(
+        url=url, state=ComfyInstance.State.UP, consecutive_failures__gte=FAILURES_TO_DOWN
+    ).update(
+        state=ComfyInstance.State.DOWN,
+        down_since=now,
+        probe_backoff_sec=PROBE_BACKOFF_MIN_SEC,
+        next_probe_at=now + timedelta(seconds=PROBE_BACKOFF_MIN_SEC),
+    )
+    if marked:
+        log.warning("instance down", extra={"event": "instance.down", "instance": url, "reason": error[:200]})
+
+
+def instance_succeeded(*, url: str) -> None:
+    ComfyInstance.objects.filter(url=url, consecutive_failures__gt=0).update(consecutive_failures=0)
+
+
+def instance_probe(instance: ComfyInstance) -> bool:
+    """Ask one instance for /system_stats and /prompt; record its state and readings."""
+    client = ComfyClient(instance.url, timeout=PROBE_TIMEOUT_SEC)
+    now = timezone.now()
+    try:
+        stats = client.system_stats()
+        depth = client.queue_remaining()
+    except ComfyError as exc:
+        backoff = min(PROBE_BACKOFF_MAX_SEC, max(PROBE_BACKOFF_MIN_SEC, instance.probe_backoff_sec * 2))
+        was_up = instance.state == ComfyInstance.State.UP
+        ComfyInstance.objects.filter(pk=instance.pk).update(
+            state=ComfyInstance.State.DOWN,
+            down_since=instance.down_since or now if not was_up else now,
+            last_error=exc.message[:500],
+            last_probe_at=now,
+            probe_backoff_sec=backoff,
+            next_probe_at=now + timedelta(seconds=backoff),
+            consecutive_failures=F("consecutive_failures") + 1,
+            queue_remaining=None,
+        )
+        if was_up:
+            log.warning(
+                "instance down", extra={"event": "instance.down", "instance": instance.url, "reason": exc.message[:200]}
+            )
+        return False
+    gpu = stats.gpu
+    readings: dict[str, object] = {
+        "vram_total_mb": gpu.vram_total_mb if gpu else None,
+        "vram_free_mb": gpu.vram_free_mb if gpu else None,
+        "reading_source": "system_stats",
+        "gpu_utilization_pct": None,
+        "gpu_temperature_c": None,
+        "gpu_power_w": None,
+    }
+    index = local_gpu_index(instance.url)
+    nvml = nvml_read(index) if index is not None else None
+    if nvml is not None:
+        readings.update(
+            vram_total_mb=nvml.vram_total_mb,
+            vram_free_mb=nvml.vram_free_mb,
+            reading_source="nvml",
+            gpu_utilization_pct=nvml.utilization_pct,
+            gpu_temperature_c=nvml.temperature_c,
+            gpu_power_w=nvml.power_w,
+        )
+    if instance.state != ComfyInstance.State.UP:
+        log.warning("instance up", extra={"event": "instance.up", "instance": instance.url})
+    ComfyInstance.objects.filter(pk=instance.pk).update(
+        state=ComfyInstance.State.UP,
+        down_since=None,
+        consecutive_failures=0,
+        last_error="",
+        last_probe_at=now,
+        probe_backoff_sec=0,
+        next_probe_at=now + timedelta(seconds=PROBE_INTERVAL_UP_SEC),
+        queue_remaining=depth,
+        readings_at=now,
+        **readings,
+    )
+    return True
+
+
+def instances_probe(*, due_only: bool = True) -> dict[str, bool]:
+    """Probe every enabled instance that is due (in parallel, so one slow server delays none)."""
+    instances_sync()
+    now = timezone.now()
+    instances = ComfyInstance.objects.filter(enabled=True)
+    if due_only:
+        instances = instances.filter(next_probe_at__isnull=True) | instances.filter(next_probe_at__lte=now)
+    todo = list(instances)
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+        results = list(pool.map(_probe_in_thread, todo))
+    return {instance.url: ok for instance, ok in zip(todo, results, strict=True)}
+
+
+def _probe_in_thread(instance: ComfyInstance) -> bool:
+    from django.db import connection
+
+    try:
+        return instance_probe(instance)
+    finally:
+        connection.close()  # each thread has its own connection; do not leak it

@@ -1,0 +1,49 @@
+"""Celery tasks: thin wrappers that take ids and call the render service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+from renders import routing, services
+from renders.comfy import ComfyError, ErrorKind
+
+
+@shared_task(name="renders.tasks.render_page", ignore_result=True)
+def render_page(page_id: int, attempt: int) -> str:
+    try:
+        return services.page_render(page_id=page_id, attempt=attempt)
+    except (OperationalError, InterfaceError):
+        # The database connection dropped (a PostgreSQL restart, a killed backend): reconnect
+        # and hand the page back at once, rather than leave it Rendering until its lease lapses.
+        close_old_connections()
+        services.page_hand_back(page_id=page_id, attempt=attempt)
+        return "handed back"
+    except SoftTimeLimitExceeded:
+        error = ComfyError(ErrorKind.TIMEOUT, "the worker's soft time limit ran out", retryable=True)
+        return services.page_fail(page_id=page_id, attempt=attempt, error=error, record=None)
+
+
+# When the sweeper last ran: the health server's proof that beat (and a worker) are alive.
+SWEEP_HEARTBEAT_KEY = "bookrender:sweep:last"
+
+
+@shared_task(name="renders.tasks.sweep", ignore_result=True, soft_time_limit=30, time_limit=60)
+def sweep() -> dict[str, int]:
+    import time
+
+    import redis
+    from django.conf import settings
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2).set(SWEEP_HEARTBEAT_KEY, str(time.time()), ex=3600)
+    except redis.RedisError:
+        pass  # the heartbeat is for monitoring; the sweep itself must run
+    result = services.pages_sweep()
+    return {"resumed": result.resumed, "republished": result.republished}
+
+
+@shared_task(name="renders.tasks.probe_instances", ignore_result=True, soft_time_limit=20, time_limit=30)
+def probe_instances() -> dict[str, bool]:
+    return routing.instances_probe()

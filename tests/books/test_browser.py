@@ -1,0 +1,228 @@
+"""The status page and the admin in a real headless Chromium (Debian's `chromium`, driven by
+Playwright; never a downloaded browser), against the live server, real Celery workers and the
+ComfyUI simulator. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from books.models import Book, BookPage
+from books.services import PageSpec, book_create
+from tests.conftest import ROOT, wait_for
+
+Status = BookPage.Status
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+# Long enough for a page to render, fail validation twice (retry once) and settle.
+RENDER_TIMEOUT_MS = 45_000
+
+
+def _missing() -> str:
+    """Why the browser tests cannot run here, or "" when they can."""
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing: `pip install playwright==1.65.2` (no browser download needed)"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    missing = _missing()
+    if missing:
+        if os.environ.get("BOOKRENDER_REQUIRE_BROWSER"):
+            pytest.fail(f"BOOKRENDER_REQUIRE_BROWSER is set, but {missing}", pytrace=False)
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread, and Django then refuses ORM calls
+    # from it; the test's own ORM calls are ordinary blocking calls, so that guard is lifted here.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Any]:
+    """A fresh browser tab; the test fails if a page's script raised or logged an error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    yield page
+    context.close()
+    assert errors == [], f"the browser reported errors: {errors}"
+
+
+def sign_in(tab: Any, base_url: str, login_path: str, username: str, password: str) -> None:
+    tab.goto(base_url + login_path)
+    tab.fill("#id_username", username)
+    tab.fill("#id_password", password)
+    tab.click("button[type=submit], input[type=submit]")
+    tab.wait_for_load_state()
+
+
+def test_a_user_creates_a_book_watches_it_render_and_regenerates_a_failed_page(
+    alice, live_server, simulator, start_worker, broker, tab
+):
+    from playwright.sync_api import expect
+
+    simulator.set_faults(render_time="1.0")  # slow enough to see Pending and Rendering go by
+    start_worker(COMFYUI_URLS=simulator.url, COMFY_RETRY_BACKOFF_SEC="0.2", concurrency=2)
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+
+    # An empty form names what is missing, field by field.
+    tab.click("text=New book")
+    tab.click("text=Create book")
+    expect(tab.locator("#title-errors")).to_have_text("A book needs a title.")
+    expect(tab.locator("#text-errors")).to_have_text("A book needs at least one page.")
+    tab.screenshot(path=str(ARTIFACTS / "new-book-errors.png"), full_page=True)
+
+    # Create a book whose second page the simulator refuses on every attempt.
+    tab.fill("#id_title", "The Fox and the Heron")
+    tab.fill(
+        "#id_text",
+        "A small fox reading a map under a lantern\n\n"
+        "A heron in fog on a rope bridge [sim:validation]\n\n"
+        "The fox asleep in a boat under a sky full of stars",
+    )
+    tab.click("text=Create book")
+    expect(tab.locator(".messages")).to_contain_text("'The Fox and the Heron' was created: 3 pages queued.")
+    book = Book.objects.get(title="The Fox and the Heron")
+    expect(tab.locator("#book-live")).to_have_attribute("data-active", "true")  # still rendering
+    tab.evaluate("window.notReloaded = true")  # gone if the page reloads instead of updating live
+
+    # Badges turn Done, and page 2 turns Needs attention with its error, without a reload.
+    for number in (1, 3):
+        expect(tab.locator(f"#page-{number} .badge")).to_have_text("Done", timeout=RENDER_TIMEOUT_MS)
+        expect(tab.locator(f"#page-{number} img")).to_be_visible()
+    card = tab.locator("#page-2")
+    expect(card.locator(".badge")).to_have_text("Needs attention", timeout=RENDER_TIMEOUT_MS)
+    expect(card.locator(".page-error")).to_contain_text("ComfyUI refused the workflow")
+    expect(card.locator(".page-meta")).to_contain_text("Attempt 2 · 2 failed attempts")
+    assert tab.evaluate("window.notReloaded") is True
+    expect(tab.locator("#book-summary")).to_contain_text("2 of 3 pages done")
+    card.locator("summary").click()
+    expect(card.locator("details pre")).to_contain_text("[sim:validation]")
+    tab.screenshot(path=str(ARTIFACTS / "status-needs-attention.png"), full_page=True)
+
+    # Support fixes the prompt; the user regenerates the page and it turns Done.
+    BookPage.objects.filter(book=book, number=2).update(prompt="A heron in fog on a rope bridge")
+    card.get_by_role("button", name="Regenerate page").click()
+    expect(tab.locator(".messages")).to_contain_text("Page 2 queued for rendering.")
+    expect(tab.locator("#page-2 .badge")).to_have_text("Done", timeout=RENDER_TIMEOUT_MS)
+    image = tab.locator("#page-2 img")
+    expect(image).to_be_visible()
+    wait_for(lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"), timeout=10)
+    expect(tab.locator("#book-summary")).to_contain_text("3 of 3 pages done")
+    assert BookPage.objects.get(book=book, number=2).job_metadata["requests"][-1]["reason"] == "regenerate"
+    tab.mouse.move(0, 0)
+    tab.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+
+    tab.click("text=My books")
+    expect(tab.locator(".books")).to_contain_text("3 / 3 done")
+    tab.screenshot(path=str(ARTIFACTS / "my-books.png"), full_page=True)
+
+
+def test_an_admin_reruns_a_done_page_from_the_admin(
+    alice, admin_user, live_server, simulator, start_worker, broker, tab
+):
+    from playwright.sync_api import expect
+
+    start_worker(COMFYUI_URLS=simulator.url, COMFY_RETRY_BACKOFF_SEC="0.2")
+    book = book_create(
+        owner=alice,
+        title="The Lighthouse",
+        workflow="model-free",
+        pages=[PageSpec("A lighthouse on a cliff at dawn, watercolour"), PageSpec("A sailor [sim:validation]")],
+    )
+    wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 2, timeout=30)
+    page, failed = book.pages.get(number=1), book.pages.get(number=2)
+    sign_in(tab, live_server.url, "/admin/login/", "root", "root-password")
+
+    # Support sees why a page failed without reading logs: every attempt, its error and telemetry.
+    tab.goto(f"{live_server.url}/admin/books/bookpage/{failed.pk}/change/")
+    expect(tab.locator(".field-status_badge .badge")).to_have_text("Needs attention")
+    expect(tab.locator(".page-error-entry")).to_have_count(2)
+    expect(tab.locator(".page-error-entry").first).to_contain_text("ComfyUI refused the workflow")
+    expect(tab.locator("#attempts-group tbody tr.has_original")).to_have_count(2)
+    expect(tab.locator("#attempts-group")).to_contain_text("[sim:validation] marker")
+    tab.screenshot(path=str(ARTIFACTS / "admin-failed-page.png"), full_page=True)
+
+    tab.goto(f"{live_server.url}/admin/books/bookpage/{page.pk}/change/")
+    expect(tab.locator(".field-status_badge .badge")).to_have_text("Done")
+    tab.click("#rerun-page")
+    expect(tab.locator(".messagelist")).to_contain_text("Page 1 of 'The Lighthouse' was queued again (attempt 2).")
+
+    wait_for(lambda: BookPage.objects.get(pk=page.pk).image_attempt == 2, timeout=30)
+    tab.reload()
+    expect(tab.locator(".field-status_badge .badge")).to_have_text("Done")
+    expect(tab.locator("#attempts-group tbody tr.has_original")).to_have_count(2)
+    request = BookPage.objects.get(pk=page.pk).job_metadata["requests"][-1]
+    assert request["by"] == f"admin:{admin_user.pk}" and request["reason"] == "admin_rerun"
+    tab.screenshot(path=str(ARTIFACTS / "admin-page.png"), full_page=True)
+
+    # The same live status view as the owner's, inside the admin.
+    tab.goto(f"{live_server.url}/admin/books/book/{book.pk}/status/")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Done")
+    expect(tab.locator("#page-1 .page-meta")).to_contain_text("Attempt 2")
+    expect(tab.locator("#page-2 .badge")).to_have_text("Needs attention")
+    tab.screenshot(path=str(ARTIFACTS / "admin-status.png"), full_page=True)
+
+
+def test_the_status_page_works_without_javascript(alice, live_server, broker, browser):
+    from playwright.sync_api import expect
+
+    book = book_create(owner=alice, title="Plain", workflow="model-free", pages=[PageSpec("A quiet lake")])
+    BookPage.objects.filter(book=book).update(
+        status=Status.FAILED,
+        needs_regeneration=True,
+        image_error=[
+            {"attempt": 1, "kind": "oom", "message": "out of memory", "node_id": "3", "node_type": "KSampler"}
+        ],
+    )
+    context = browser.new_context(java_script_enabled=False)
+    tab = context.new_page()
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+    tab.goto(f"{live_server.url}/books/{book.pk}/")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Needs attention")
+    expect(tab.locator("#page-1 .page-error")).to_have_text("ComfyUI ran out of GPU memory on node 3 (KSampler)")
+
+    tab.click("#retry-failed")
+
+    expect(tab.locator(".messages")).to_have_text("Page 1 queued for rendering.")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Pending")
+    # Without JavaScript, a <noscript> refresh keeps the page current while pages render.
+    assert tab.locator("head noscript").count() == 1
+    context.close()

@@ -1,0 +1,151 @@
+"""The small named world (alice owns a book, bob is another user, an admin is staff) and the real
+services at the edges: the ComfyUI simulator on a real socket and real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+
+from ops import livestack
+from ops.livestack import Process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("BOOKRENDER_REQUIRE_POSTGRES") and "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
+        raise pytest.UsageError("BOOKRENDER_REQUIRE_POSTGRES is set but the tests are not using PostgreSQL")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """The production hasher spends most of a second per password, on purpose."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _local_cache(settings: Any) -> None:
+    """Tests count rate limits in memory: clearing the Redis cache would empty the Celery queue."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
+def _own_media_root(settings: Any, tmp_path: Path) -> None:
+    """Each test stores images in its own folder (workers it starts get the same one)."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def alice(db: None) -> User:
+    return User.objects.create_user("alice", password="alice-password")
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    return User.objects.create_user("bob", password="bob-password")
+
+
+@pytest.fixture
+def admin_user(db: None) -> User:
+    return User.objects.create_user("root", password="root-password", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Any]:
+    from comfysim.testing import running_simulator
+
+    with running_simulator(output_dir=tmp_path / "comfy-output") as sim:
+        yield sim
+
+
+def database_url() -> str:
+    """The URL of the database the tests use (pytest-django's test database), for subprocesses."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    """Environment for a bookrender process that shares this test's database, media and Redis."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url(),
+        BOOKRENDER_MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start real Celery workers: ``start_worker(COMFYUI_URLS=sim.url, concurrency=2)``."""
+    started: list[Process] = []
+
+    def start(concurrency: int = 2, wait_ready: bool = True, **env: str) -> Process:
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = livestack.start_worker(env=service_env(**env), log=log, concurrency=concurrency, wait=wait_ready)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start a real `celery beat` (it runs the sweeper every BOOKRENDER_SWEEP_INTERVAL_SEC)."""
+    started: list[Process] = []
+
+    def start(**env: str) -> Process:
+        interval = float(env.pop("BOOKRENDER_SWEEP_INTERVAL_SEC", "1"))
+        beat = livestack.start_beat(
+            env=service_env(**env), log=tmp_path / f"beat-{len(started)}.log", sweep_interval=interval
+        )
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
+
+
+@pytest.fixture
+def broker() -> Iterator[None]:
+    """An empty Celery queue before and after the test (the test Redis database is flushed)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    if client.connection_pool.connection_kwargs.get("db", 0) == 0:
+        pytest.exit(
+            "refusing to flush Redis database 0: run the tests with `make test`, "
+            "or point REDIS_URL at a scratch database"
+        )
+    client.flushdb()
+    yield
+    client.flushdb()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"timed out after {timeout} s waiting for {condition}")
+        time.sleep(interval)

@@ -1,0 +1,305 @@
+"""The machine health server against real things: the ComfyUI simulator, processes that look like
+a starting ComfyUI, the local PostgreSQL and Redis, log files. Each test watches only the services
+it names; the others on this machine (other people's workers) stay out of the picture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import dj_database_url
+import pytest
+import redis
+import requests
+from django.conf import settings
+
+from comfysim.testing import running_simulator
+from ops.devstack import free_port
+from ops.healthserver import (
+    SWEEP_KEY,
+    HealthServer,
+    Monitor,
+    Service,
+    celery_beat_service,
+    celery_worker_service,
+    comfyui_services,
+    flower_service,
+    postgresql_service,
+    redis_service,
+    web_service,
+)
+
+Get = Callable[[str], tuple[int, Any]]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Get]]:
+    """Start a health server for some services: ``get = serve([service], grace_sec=30)``."""
+    servers: list[HealthServer] = []
+
+    def start(services: list[Service], grace_sec: float = 30.0) -> Get:
+        server = HealthServer(("127.0.0.1", 0), Monitor(services, grace_sec=grace_sec))
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+
+        def get(path: str) -> tuple[int, Any]:
+            response = requests.get(base + path, timeout=10)
+            return response.status_code, response.json()
+
+        return get
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def looks_like_comfyui() -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    """A process whose command line is a ComfyUI's on `port`, that never listens."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-c", "import time; time.sleep(30)", "--port", str(port), "comfysim"]
+        started.append(subprocess.Popen(argv))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def comfyui_on_its_port(tmp_path) -> Iterator[Any]:
+    """A simulator on a port we chose, so that its command line says `--port <port>` like a ComfyUI's
+    (the `simulator` fixture lets it pick a port itself: `--port 0`)."""
+    with running_simulator(port=free_port(), output_dir=tmp_path / "comfy-output") as simulator:
+        yield simulator
+
+
+def comfyui(url: str) -> Service:
+    [service] = comfyui_services([url])
+    return service
+
+
+def needs_postgresql() -> None:
+    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
+        pytest.skip("the tests are not using PostgreSQL")
+
+
+def test_it_follows_comfyui_from_healthy_to_stopped_and_back(comfyui_on_its_port, serve):
+    simulator = comfyui_on_its_port
+    service = comfyui(simulator.url)
+    get = serve([service])
+
+    status, body = get(f"/services/{service.name}/health")
+    assert body["state"] == "healthy"
+    assert "MB VRAM free" in body["detail"]
+    assert body["pid"] == simulator.process.pid
+    status, body = get("/ready")
+    assert (status, body["ready"]) == (200, True)
+
+    simulator.kill()
+    assert get(f"/services/{service.name}/health")[1]["state"] == "stopped"
+    status, body = get("/ready")
+    assert status == 503
+    detail = f"no process found and nothing listens on 127.0.0.1:{simulator.port}"
+    assert body["not_ready"] == [{"name": service.name, "state": "stopped", "detail": detail}]
+    assert get("/health")[1]["status"] == "unhealthy"
+
+    simulator.restart()
+    assert get(f"/services/{service.name}/health")[1]["state"] == "healthy"
+    status, body = get("/ready")
+    assert (status, body["ready"]) == (200, True)
+    assert get("/health")[1]["status"] == "healthy"
+
+
+def test_it_says_since_when_a_service_is_in_its_state(simulator, serve):
+    service = comfyui(simulator.url)
+    get = serve([service])
+    first = get("/services")[1]["services"][0]["since"]
+    time.sleep(0.05)
+    assert get("/services")[1]["services"][0]["since"] == first
+    simulator.kill()
+    assert get("/services")[1]["services"][0]["since"] > first
+
+
+def test_comfyui_without_main_py_in_its_folder_is_not_installed(settings, tmp_path, serve):
+    settings.BOOKRENDER_COMFYUI_DIR = str(tmp_path / "ComfyUI")
+    (tmp_path / "ComfyUI").mkdir()
+    service = comfyui(f"http://127.0.0.1:{free_port()}")
+    get = serve([service])
+
+    body = get(f"/services/{service.name}/health")[1]
+    assert body["state"] == "not_installed"
+    assert str(tmp_path / "ComfyUI") in body["detail"]
+    assert get("/ready")[0] == 503
+
+    (tmp_path / "ComfyUI" / "main.py").write_text("")
+    assert get(f"/services/{service.name}/health")[1]["state"] == "stopped"
+
+
+def test_a_young_comfyui_process_that_does_not_answer_is_starting(looks_like_comfyui, serve):
+    port = free_port()
+    process = looks_like_comfyui(port)
+    service = comfyui(f"http://127.0.0.1:{port}")
+    time.sleep(0.2)  # let it exec
+
+    body = serve([service], grace_sec=30)(f"/services/{service.name}/health")[1]
+    assert (body["state"], body["pid"]) == ("starting", process.pid)
+    assert "ConnectionError" in body["detail"] or "unavailable" in body["detail"].lower()
+
+    body = serve([service], grace_sec=0)(f"/services/{service.name}/health")[1]
+    assert body["state"] == "unhealthy"
+
+
+def test_a_port_that_answers_errors_is_starting_then_unhealthy(serve):
+    class Broken(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    listener = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    try:
+        service = comfyui(f"http://127.0.0.1:{listener.server_address[1]}")
+        get = serve([service])
+        assert get(f"/services/{service.name}/health")[1]["state"] == "starting"
+        assert get("/health")[1]["status"] == "degraded"
+        assert get("/ready")[0] == 503
+        assert serve([service], grace_sec=0)(f"/services/{service.name}/health")[1]["state"] == "unhealthy"
+    finally:
+        listener.shutdown()
+        listener.server_close()
+
+
+def test_sqlite_means_postgresql_is_not_configured_and_not_a_dependency(serve, tmp_path):
+    sqlite = dj_database_url.parse(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    get = serve([postgresql_service(sqlite), redis_service(settings.REDIS_URL), web_service()])
+
+    body = get("/services/postgresql/health")[1]
+    assert (body["state"], body["detail"]) == ("not_configured", "DATABASE_URL is SQLite")
+    web = get("/services/web/health")[1]
+    assert [d["name"] for d in web["dependencies"]] == ["redis"]
+
+
+def test_the_local_postgresql_and_redis_are_healthy(serve):
+    needs_postgresql()
+    get = serve([postgresql_service(settings.DATABASES["default"]), redis_service(settings.REDIS_URL)])
+    assert get("/health")[1]["services"] == {"postgresql": "healthy", "redis": "healthy"}
+    assert get("/ready")[0] == 200
+
+
+def test_a_redis_nobody_runs_is_stopped(serve):
+    get = serve([redis_service(f"redis://127.0.0.1:{free_port()}/0")])
+    assert get("/services/redis/health")[1]["state"] == "stopped"
+
+
+def test_each_service_lists_its_dependencies_with_their_states(simulator, serve):
+    needs_postgresql()
+    comfy = comfyui(simulator.url)
+    worker = celery_worker_service(comfyui=[comfy.name])
+    get = serve([comfy, redis_service(settings.REDIS_URL), postgresql_service(settings.DATABASES["default"]), worker])
+
+    assert get("/services/celery-worker/health")[1]["dependencies"] == [
+        {"name": "redis", "state": "healthy"},
+        {"name": "postgresql", "state": "healthy"},
+        {"name": comfy.name, "state": "healthy"},
+    ]
+    simulator.kill()
+    deps = get("/services/celery-worker/health")[1]["dependencies"]
+    assert {"name": comfy.name, "state": "stopped"} in deps
+
+
+def test_beat_is_healthy_only_while_the_sweeper_runs(serve):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # A process whose command line is a beat's: the probe, not the process, decides.
+    beat = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "celery", "beat"])
+    try:
+        time.sleep(0.2)
+        client.set(SWEEP_KEY, time.time())
+        get = serve([celery_beat_service()], grace_sec=0)
+        assert get("/services/celery-beat/health")[1]["state"] == "healthy"
+
+        client.set(SWEEP_KEY, time.time() - 120)
+        body = get("/services/celery-beat/health")[1]
+        assert body["state"] == "unhealthy"
+        assert "120 s ago" in body["detail"]
+    finally:
+        client.delete(SWEEP_KEY)
+        beat.kill()
+        beat.wait()
+
+
+def test_port_zero_leaves_web_and_flower_out_of_readiness(settings, serve):
+    settings.BOOKRENDER_WEB_PORT = 0
+    settings.BOOKRENDER_FLOWER_PORT = 0
+    get = serve([web_service(), flower_service()])
+    body = get("/health")[1]
+    assert (body["status"], body["services"]) == ("healthy", {"web": "not_configured", "flower": "not_configured"})
+    assert get("/ready")[0] == 200
+
+
+def test_everything_down_still_answers_within_three_seconds(settings, serve):
+    settings.BOOKRENDER_WEB_PORT = free_port()
+    settings.BOOKRENDER_FLOWER_PORT = free_port()
+    down = dj_database_url.parse(f"postgres://postgres@127.0.0.1:{free_port()}/nothing")
+    get = serve(
+        [
+            *comfyui_services([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]),
+            web_service(),
+            flower_service(),
+            redis_service(f"redis://127.0.0.1:{free_port()}/0"),
+            postgresql_service(down),
+        ]
+    )
+    started = time.monotonic()
+    status, body = get("/ready")
+    assert time.monotonic() - started < 3
+    assert status == 503
+    assert {r["state"] for r in body["not_ready"]} == {"stopped"}
+
+
+def test_logs_are_the_last_lines_of_the_service_log(settings, tmp_path, serve):
+    settings.BOOKRENDER_LOG_DIR = str(tmp_path)
+    # Lines of mixed lengths over several 64 KiB blocks: the tail is read backwards in blocks.
+    (tmp_path / "web.log").write_text("".join(f"line {i} {'x' * (i % 300)}\n" for i in range(3000)))
+    get = serve([web_service()])
+
+    status, body = get("/services/web/logs?lines=5")
+    assert status == 200
+    assert body["source"] == str(tmp_path / "web.log")
+    assert [line.split()[1] for line in body["lines"]] == ["2995", "2996", "2997", "2998", "2999"]
+    assert len(get("/services/web/logs")[1]["lines"]) == 100
+
+    status, body = get("/services/web/logs?lines=5000")
+    assert status == 400
+    assert "1000" in body["error"]
+    assert get("/services/web/logs?lines=-1")[0] == 400
+
+
+def test_logs_of_a_service_without_any_say_so(settings, tmp_path, monkeypatch, serve):
+    settings.BOOKRENDER_LOG_DIR = str(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no journalctl
+    status, body = serve([web_service()])("/services/web/logs")
+    assert status == 404
+    assert "web.log" in body["error"]
+
+
+def test_unknown_services_and_paths_are_404_with_what_exists(serve):
+    get = serve([redis_service(settings.REDIS_URL)])
+    status, body = get("/services/redsi/health")
+    assert (status, body["services"]) == (404, ["redis"])
+    status, body = get("/metrics")
+    assert status == 404
+    assert "/ready" in body["paths"]

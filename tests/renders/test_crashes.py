@@ -1,0 +1,174 @@
+"""Crashes cost seconds, never a page: a SIGKILLed worker, a ComfyUI that dies mid-book, a Redis
+restart. Real worker and beat processes, PostgreSQL, Redis and the simulator."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from books.models import BookPage
+from books.services import PageSpec, book_create
+from ops.devstack import free_port, start_embedded_redis
+from renders.models import RenderAttempt
+from tests.conftest import wait_for
+
+Status = BookPage.Status
+pytestmark = pytest.mark.django_db(transaction=True)
+ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
+
+
+def report(name: str, **figures: Any) -> None:
+    """Measured figures go to test-artifacts/ (and stdout with -s), for the issue notes."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
+    print(name, figures)
+
+
+def book_of(owner, pages: int):
+    return book_create(
+        owner=owner, title="Crash", workflow="model-free", pages=[PageSpec(f"page {n}") for n in range(1, pages + 1)]
+    )
+
+
+def all_done(book, timeout: float) -> None:
+    wait_for(
+        lambda: book.pages.exclude(status=Status.DONE).count() == 0,
+        timeout=timeout,
+        interval=0.25,
+        message=f"pages not done: {list(book.pages.exclude(status=Status.DONE).values_list('number', 'status'))}",
+    )
+
+
+def assert_one_image_per_page(book) -> None:
+    for page in book.pages.all():
+        files = list(Path(page.image.path).parent.glob(f"page-{page.number:04d}-*"))
+        assert [f.name for f in files] == [Path(page.image.name).name], page.number
+        assert page.retry_count == len(page.image_error)
+
+
+def test_a_killed_worker_costs_seconds_and_its_prompt_is_not_submitted_again(
+    alice, simulator, start_worker, start_beat, broker
+):
+    simulator.set_faults(render_time="5")
+    env = {"COMFYUI_URLS": simulator.url, "COMFY_LEASE_SEC": "3", "COMFY_POLL_INTERVAL_SEC": "0.5"}
+    doomed = start_worker(concurrency=1, **env)
+    start_beat(**env)
+    page = book_of(alice, 1).pages.get()
+    wait_for(
+        lambda: simulator.stats()["submitted"] == 1 and BookPage.objects.get(pk=page.pk).status == Status.RENDERING
+    )
+
+    doomed.kill()  # SIGKILL, the main process and its pool child at once
+    killed_at = time.monotonic()
+    start_worker(concurrency=1, **env)
+
+    def rendering_again() -> bool:
+        current = BookPage.objects.get(pk=page.pk)
+        return current.status == Status.RENDERING and bool(current.job_metadata.get("resumes"))
+
+    wait_for(rendering_again, timeout=30, interval=0.05)
+    recovered_s = time.monotonic() - killed_at
+    wait_for(lambda: BookPage.objects.get(pk=page.pk).status == Status.DONE, timeout=30)
+
+    page.refresh_from_db()
+    assert recovered_s <= 15
+    assert page.attempt == 1 and page.retry_count == 0 and page.image_attempt == 1
+    [attempt] = RenderAttempt.objects.filter(page=page)
+    assert simulator.stats()["submissions"] == {str(attempt.prompt_id): 1}  # re-attached, not resubmitted
+    assert "resumed after a lost worker" in attempt.telemetry["FallbackNotes"]
+    assert_one_image_per_page(page.book)
+    report(
+        "worker-sigkill-recovery",
+        seconds_to_rendering_again=round(recovered_s, 2),
+        submissions=simulator.stats()["submitted"],
+    )
+
+
+def test_a_comfyui_crash_mid_book_resubmits_only_what_was_lost(alice, simulator, start_worker, broker):
+    simulator.set_faults(render_time="0.4", crash_after=6)
+    env = {"COMFYUI_URLS": simulator.url, "COMFY_RETRY_BACKOFF_SEC": "1,2,3", "COMFY_POLL_INTERVAL_SEC": "0.5"}
+    start_worker(concurrency=4, **env)
+    stop = threading.Event()
+    crashes: list[float] = []
+
+    def restart_when_dead() -> None:
+        while not stop.is_set():
+            if not simulator.alive():
+                crashes.append(time.monotonic())
+                simulator.restart()  # like systemd: back in a moment, queue and history gone
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=restart_when_dead, daemon=True)
+    watcher.start()
+    try:
+        book = book_of(alice, 12)
+        all_done(book, timeout=90)
+    finally:
+        stop.set()
+        watcher.join()
+
+    assert len(crashes) == 1
+    submitted = RenderAttempt.objects.filter(page__book=book, submitted_at__isnull=False)
+    lost = [a for a in submitted if a.outcome == "failed"]
+    assert lost, "the crash should have cost at least the prompt that was running"
+    assert all(a.error["kind"] == "unavailable" for a in lost)
+    assert submitted.count() == 12 + len(lost)
+    assert_one_image_per_page(book)
+    report(
+        "comfyui-crash-12-pages",
+        submissions=submitted.count(),
+        lost_in_crash=len(lost),
+        pages_done=book.pages.filter(status=Status.DONE).count(),
+    )
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of our own, so the test can restart it; this process publishes to it too."""
+    from config.celery import app
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/1"
+    # One dict, shared with the test: it swaps in the restarted server, which teardown must stop.
+    state = {
+        "process": start_embedded_redis(port, tmp_path / "redis"),
+        "port": port,
+        "url": url,
+        "dir": tmp_path / "redis",
+    }
+    old = app.conf.broker_url
+    app.conf.broker_url = url
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None
+    settings.CELERY_BROKER_URL = url
+    yield state
+    state["process"].kill()
+    state["process"].wait()
+    app.conf.broker_url = old
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None
+
+
+def test_a_redis_restart_mid_book_loses_no_page(alice, simulator, start_worker, start_beat, private_redis):
+    simulator.set_faults(render_time="0.3")
+    env = {"COMFYUI_URLS": simulator.url, "REDIS_URL": private_redis["url"], "CELERY_BROKER_URL": private_redis["url"]}
+    start_worker(concurrency=2, **env)
+    start_beat(**env)
+    book = book_of(alice, 12)
+    wait_for(lambda: book.pages.filter(status=Status.DONE).count() >= 3, timeout=30)
+
+    private_redis["process"].kill()  # Redis keeps nothing on disk here: every queued message is gone
+    private_redis["process"].wait()
+    time.sleep(1)
+    private_redis["process"] = start_embedded_redis(private_redis["port"], private_redis["dir"])
+    restarted_at = time.monotonic()
+
+    all_done(book, timeout=90)
+    assert_one_image_per_page(book)
+    report("redis-restart-12-pages", seconds_from_restart_to_all_done=round(time.monotonic() - restarted_at, 1))

@@ -1,0 +1,70 @@
+"""The render pipeline end to end: PostgreSQL, Redis, real Celery worker processes and the
+simulator on a real socket."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from books.models import BookPage
+from books.services import PageSpec, book_create
+from renders.models import RenderAttempt
+from tests.conftest import wait_for
+
+Status = BookPage.Status
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_book(owner, prompts: list[str], workflow: str = "model-free"):
+    return book_create(owner=owner, title="The Fox", workflow=workflow, pages=[PageSpec(prompt=p) for p in prompts])
+
+
+def test_a_twelve_page_book_renders_every_page_exactly_once(alice, simulator, start_worker, broker):
+    start_worker(COMFYUI_URLS=simulator.url, concurrency=4)
+    book = make_book(alice, [f"page {n}, a fox by the sea" for n in range(1, 13)])
+
+    wait_for(
+        lambda: book.pages.filter(status=Status.DONE).count() == 12, timeout=60, message="not every page reached Done"
+    )
+
+    for page in book.pages.all():
+        assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == []
+        with Image.open(page.image.path) as image:
+            assert image.format == "PNG" and image.size == (768, 1024)
+        attempt = RenderAttempt.objects.get(page=page)
+        assert attempt.outcome == RenderAttempt.Outcome.SUCCESS
+        assert str(attempt.prompt_id) == page.job_metadata["prompt_id"]
+        assert attempt.instance_url == simulator.url == page.job_metadata["instance"]
+        assert attempt.submitted_at <= attempt.finished_at
+        for field in (
+            "VramBeforeMB",
+            "VramAfterMB",
+            "HistoryAttempts",
+            "HistoryExitReason",
+            "ExecutionSuccessAt",
+            "DoneMarkerDetected",
+        ):
+            assert field in attempt.telemetry, field
+        assert attempt.telemetry["DoneMarkerDetected"] is True
+    stats = simulator.stats()
+    assert stats["submitted"] == 12
+    assert set(stats["submissions"].values()) == {1}
+
+
+def test_every_attempt_gets_a_fresh_seed_and_prompt_id(alice, simulator, start_worker, broker):
+    from renders.services import page_enqueue
+
+    start_worker(COMFYUI_URLS=simulator.url)
+    book = make_book(alice, ["one page"])
+    page = book.pages.get()
+    wait_for(lambda: BookPage.objects.get(pk=page.pk).status == Status.DONE)
+    first_image = BookPage.objects.get(pk=page.pk).image.name
+
+    assert page_enqueue(page_id=page.pk, by="user:test", reason="regenerate").queued
+    wait_for(lambda: BookPage.objects.get(pk=page.pk).image_attempt == 2)
+
+    one, two = RenderAttempt.objects.filter(page=page).order_by("number")
+    assert one.prompt_id != two.prompt_id and one.seed != two.seed
+    page.refresh_from_db()
+    assert page.image.name != first_image  # a regenerate is never served from ComfyUI's cache
+    assert page.job_metadata["requests"][0]["by"] == "user:test"

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from books.models import Book, BookPage
-from renders.services import page_enqueue
+from renders.services import pages_enqueue
 from renders.workflows import MAX_SIZE, MIN_SIZE, WorkflowError, workflow_get
 
 # A book is a few dozen pages; the limit stops a runaway upload from flooding the GPUs.
@@ -126,8 +126,8 @@ def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]
             )
             for number, spec in enumerate(pages, start=1)
         )
-        for page_id in book.pages.order_by("number").values_list("pk", flat=True):
-            page_enqueue(page_id=page_id, by=f"user:{owner.pk}", reason="create")
+        page_ids = list(book.pages.order_by("number").values_list("pk", flat=True))
+        pages_enqueue(page_ids=page_ids, by=f"user:{owner.pk}", reason="create")
     return book
 
 
@@ -166,7 +166,7 @@ def book_regenerate(
     admin: bool = False,
 ) -> RegenerateResult:
     """Queue a new attempt of the named pages, or, when none are named, of every page that needs
-    attention. A page already queued or rendering is skipped (``renders.services.page_enqueue``
+    attention. A page already queued or rendering is skipped (``renders.services.pages_enqueue``
     decides, under a row lock), and who asked is recorded in its ``job_metadata["requests"]``.
     ``admin`` marks a support rerun (``admin:<id>``, reason ``admin_rerun``). Page numbers the
     book does not have raise RegenerateError before anything is queued."""
@@ -187,8 +187,9 @@ def book_regenerate(
     reason = "admin_rerun" if admin else "regenerate"
     queued: list[int] = []
     skipped: dict[int, str] = {}
-    for number, page_id in sorted(found.items()):
-        result = page_enqueue(page_id=page_id, by=by_label, reason=reason)
+    numbers = sorted(found)
+    results = pages_enqueue(page_ids=[found[number] for number in numbers], by=by_label, reason=reason)
+    for number, result in zip(numbers, results, strict=True):
         if result.queued:
             queued.append(number)
         else:

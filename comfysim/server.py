@@ -940,7 +940,9 @@ class Simulator:
         return web.json_response(self.faults.config.to_json())
 
     async def sim_stats(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({**self.stats.to_json(), "api_version": self.options.api_version})
+        # ws_open: the sockets connected now (a client that leaves sockets open shows here).
+        ws_open = sum(len(connections) for connections in self.connections.values())
+        return web.json_response({**self.stats.to_json(), "api_version": self.options.api_version, "ws_open": ws_open})
 
 
 async def serve(options: Options) -> None:

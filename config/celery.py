@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_prerun, worker_init
 
 from renders.worker_gate import HealthGate
 
@@ -25,3 +25,13 @@ def _refuse_bad_configuration(**_: object) -> None:
     errors = [m for m in checks.run_checks() if m.level >= checks.ERROR]
     if errors:
         raise SystemExit("bookrender: bad configuration:\n" + "\n".join(str(m) for m in errors))
+
+
+@task_prerun.connect
+def _database_connection_checked(**_: object) -> None:
+    """What Django does at the start of each web request: drop a connection that is too old or
+    broken (a restarted PostgreSQL, a killed backend) so the task starts on a good one. Celery
+    keeps connections between tasks because CELERY_DB_REUSE_MAX is set."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -14,7 +14,8 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from config import env
 
 # Celery's own setting names, for catching CELERY_* typos in the settings module.
-_CELERY_KEYS = {"CELERY_" + str(item[0]).upper() for item in flatten(CELERY_NAMESPACES)}
+# Plus the one that Celery's Django fixup reads directly, outside its settings table.
+_CELERY_KEYS = {"CELERY_" + str(item[0]).upper() for item in flatten(CELERY_NAMESPACES)} | {"CELERY_DB_REUSE_MAX"}
 
 
 @register(Tags.compatibility)

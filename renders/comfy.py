@@ -8,6 +8,7 @@ raw JSON. The shapes handled are those of ComfyUI 0.3.64 and 0.38 (shared/comfyu
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -166,6 +167,19 @@ def new_client_id() -> str:
     return f"bookrender-{socket.gethostname()[:20]}-{uuid.uuid4().hex[:12]}"
 
 
+def _session_for(base_url: str) -> requests.Session:
+    """A session that reads the proxy, CA bundle and .netrc settings from the environment once.
+
+    requests otherwise reads them on every call, walking the whole environment: a fifth of a
+    worker's CPU per page with a few HTTP calls per page."""
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.auth = requests.utils.get_netrc_auth(base_url)
+    session.trust_env = False
+    return session
+
+
 class ComfyClient:
     def __init__(
         self,
@@ -182,9 +196,9 @@ class ComfyClient:
         # How long a prompt's server may stay unreachable during a wait before we give up on it.
         self.unreachable_grace = unreachable_grace
         self.client_id = client_id or new_client_id()
-        self._session = requests.Session()
+        self._session = _session_for(self.base_url)
         self._jobs_api: bool | None = None
-        self._watcher: PromptWatcher | None = None
+        self._stats: tuple[float, SystemStats] | None = None  # (monotonic time, reading)
 
     # --- one request function ---------------------------------------------------------------
 
@@ -445,7 +459,16 @@ class ComfyClient:
             body={"unload_models": unload_models, "free_memory": free_memory},
         )
 
-    def system_stats(self) -> SystemStats:
+    def system_stats(self, *, max_age: float = 0.0) -> SystemStats:
+        """ComfyUI's /system_stats; ``max_age`` (seconds) accepts this client's last reading
+        if it is that fresh (the reading after one page serves as the one before the next)."""
+        if self._stats is not None and time.monotonic() - self._stats[0] <= max_age:
+            return self._stats[1]
+        stats = self._read_system_stats()
+        self._stats = (time.monotonic(), stats)
+        return stats
+
+    def _read_system_stats(self) -> SystemStats:
         data = self._json(self._request("GET", "/system_stats"), "GET /system_stats")
         try:
             devices = [
@@ -529,27 +552,23 @@ class ComfyClient:
 
     @contextmanager
     def watch(self) -> Iterator[PromptWatcher]:
-        """Open the WebSocket *before* submitting, so no event of ours can be missed (§11.1).
+        """Open the WebSocket *before* submitting, so no event of ours can be missed (§11.1), and
+        close it when the wait is over.
 
-        The socket stays open for this client's next prompt (a worker process renders one page
-        after another through the same client); waits filter messages by prompt id, so what is
-        left from an earlier prompt is read past."""
-        if self._watcher is None:
-            self._watcher = PromptWatcher(self)
-        if self._watcher._ws is None:
-            try:
-                self._watcher.connect()
-            except ComfyError:
-                pass  # the wait falls back to polling and keeps trying to connect
+        A socket is never left open between pages: ComfyUI broadcasts ``status`` to every socket
+        from one message loop that waits for each write to drain, so a socket nobody reads would,
+        a few thousand prompts later, stop the events of every client of that instance."""
+        watcher = PromptWatcher(self)
         try:
-            yield self._watcher
-        except BaseException:
-            self._watcher.close()  # an interrupted wait may leave the socket mid-message
-            raise
+            watcher.connect()
+        except ComfyError:
+            pass  # the wait falls back to polling and keeps trying to connect
+        try:
+            yield watcher
+        finally:
+            watcher.close()
 
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.close()
         self._session.close()
 
 

@@ -42,11 +42,14 @@ def instances_sync() -> None:
             ComfyInstance.objects.get_or_create(url=url, defaults={"gpu_index": index})
 
 
-def slot_acquire(*, page: BookPage, attempt: int, avoid: str = "", resume_on: str = "") -> ComfyInstance | None:
+def slot_acquire(
+    *, page: BookPage, attempt: int, avoid: str = "", resume_on: str = "", prefer: str = ""
+) -> ComfyInstance | None:
     """Lease a slot for this attempt, or None when no healthy instance has room (the page waits).
 
     ``resume_on``: the instance that already has this attempt's prompt; it is taken even when
-    full, because the prompt already occupies its place there."""
+    full, because the prompt already occupies its place there. ``prefer``: taken among equally
+    loaded instances (the one this worker process used last)."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.COMFY_LEASE_SEC)
     with transaction.atomic():
@@ -56,7 +59,7 @@ def slot_acquire(*, page: BookPage, attempt: int, avoid: str = "", resume_on: st
             instances_sync()  # a URL new in COMFYUI_URLS: only then a second query
             rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
         instances = [i for i in rows if i.enabled]
-        InstanceSlot.objects.filter(page=page).delete()
+        InstanceSlot.objects.filter(page=page)._raw_delete(InstanceSlot.objects.db)  # an earlier attempt's
         if resume_on:
             chosen = next((i for i in instances if i.url == resume_on), None)
             if chosen is None or chosen.state != ComfyInstance.State.UP:
@@ -72,7 +75,10 @@ def slot_acquire(*, page: BookPage, attempt: int, avoid: str = "", resume_on: st
             if not candidates:
                 return None
             # Least loaded first: fewest leases for its size, then the shortest ComfyUI queue.
-            chosen = min(candidates, key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.pk))
+            chosen = min(
+                candidates,
+                key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.url != prefer, i.pk),
+            )
         InstanceSlot.objects.create(instance=chosen, page=page, attempt=attempt, expires_at=lease)
     return chosen
 
@@ -84,7 +90,9 @@ def slot_renew(*, page_id: int, attempt: int) -> None:
 
 
 def slot_release(*, page_id: int, attempt: int) -> None:
-    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt).delete()
+    # One DELETE statement: nothing refers to a slot, so Django's collector (and the transaction
+    # it opens around it) has nothing to do.
+    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt)._raw_delete(InstanceSlot.objects.db)
 
 
 def instance_failed(*, url: str, error: str) -> None:

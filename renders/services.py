@@ -14,10 +14,12 @@ or overwrite a newer image.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,62 +66,85 @@ class EnqueueResult:
 
 
 def page_enqueue(*, page_id: int, by: str, reason: str, allow_done: bool = True, force: bool = False) -> EnqueueResult:
-    """Queue a new attempt of a page: the first render, a user's regenerate, an admin's rerun.
+    """Queue a new attempt of one page (see ``pages_enqueue``)."""
+    return pages_enqueue(page_ids=[page_id], by=by, reason=reason, allow_done=allow_done, force=force)[0]
 
-    Under a row lock the attempt number advances and the page becomes QUEUED; the Celery message
-    is published only after the transaction commits. A page already queued or rendering is
+
+def pages_enqueue(
+    *, page_ids: Sequence[int], by: str, reason: str, allow_done: bool = True, force: bool = False
+) -> list[EnqueueResult]:
+    """Queue a new attempt of each page: the first render, a user's regenerate, an admin's rerun.
+
+    Under row locks each attempt number advances and the page becomes QUEUED; the Celery messages
+    are published only after the transaction commits. A page already queued or rendering is
     skipped, never queued twice, unless ``force`` (an admin's rerun): then the running attempt
     is superseded, its worker notices at its next heartbeat and cancels its prompt, and its image,
-    should it finish first, is never stored."""
+    should it finish first, is never stored. Results come in the order of ``page_ids``."""
     now = timezone.now()
+    results: dict[int, EnqueueResult] = {}
     with transaction.atomic():
-        page = BookPage.objects.select_for_update().get(pk=page_id)
-        if page.status in ACTIVE and page.attempt > 0 and not force:
-            return EnqueueResult(page, False, f"already {page.get_status_display().lower()}")
-        if page.status == Status.DONE and not allow_done:
-            return EnqueueResult(page, False, "already done")
-        page.attempt += 1
-        page.status = Status.QUEUED
-        page.next_attempt_at = now
-        page.lease_expires_at = None
-        page.needs_regeneration = False
-        page.job_metadata = {
-            **page.job_metadata,
+        pages = list(BookPage.objects.select_for_update().filter(pk__in=page_ids).order_by("pk"))
+        missing = set(page_ids) - {page.pk for page in pages}
+        if missing:
+            raise BookPage.DoesNotExist(f"no page with id {min(missing)}; nothing was queued")
+        changed: list[BookPage] = []
+        for page in pages:
+            if page.status in ACTIVE and page.attempt > 0 and not force:
+                results[page.pk] = EnqueueResult(page, False, f"already {page.get_status_display().lower()}")
+                continue
+            if page.status == Status.DONE and not allow_done:
+                results[page.pk] = EnqueueResult(page, False, "already done")
+                continue
+            page.attempt += 1
+            page.status = Status.QUEUED
+            page.next_attempt_at = now
+            page.lease_expires_at = None
+            page.needs_regeneration = False
+            request = {"by": by, "reason": reason, "at": now.isoformat(), "attempt": page.attempt}
             # Retries are counted from here: a regenerate gets a fresh COMFY_MAX_RETRIES.
-            "run": {
-                "by": by,
-                "reason": reason,
-                "at": now.isoformat(),
-                "attempt": page.attempt,
-                "retry_base": page.retry_count,
-            },
-        }
-        if reason != "create":
-            page.job_metadata.setdefault("requests", []).append(
-                {
-                    "by": by,
-                    "reason": reason,
-                    "at": now.isoformat(),
-                    "attempt": page.attempt,
-                }
+            page.job_metadata = {**page.job_metadata, "run": {**request, "retry_base": page.retry_count}}
+            if reason != "create":
+                page.job_metadata.setdefault("requests", []).append(request)
+            changed.append(page)
+            results[page.pk] = EnqueueResult(page, True)
+        # Pages whose new values are the same share one UPDATE: all the pages of a new book do.
+        same: dict[tuple[int, str], list[BookPage]] = {}
+        for page in changed:
+            same.setdefault((page.attempt, json.dumps(page.job_metadata, sort_keys=True)), []).append(page)
+        for group in same.values():
+            BookPage.objects.filter(pk__in=[page.pk for page in group]).update(
+                attempt=group[0].attempt,
+                status=Status.QUEUED,
+                next_attempt_at=now,
+                lease_expires_at=None,
+                needs_regeneration=False,
+                job_metadata=group[0].job_metadata,
+                updated_at=now,
             )
-        page.save()
-        _publish_after_commit(page)
-    return EnqueueResult(page, True)
+        _publish_after_commit(changed)
+    return [results[page_id] for page_id in page_ids]
 
 
-def _publish_after_commit(page: BookPage, *, countdown: float = 0) -> None:
+def _publish_after_commit(pages: list[BookPage], *, countdown: float = 0) -> None:
+    """Publish each page's render message once the transaction commits (a rollback sends none)."""
+    from config.celery import app
     from renders.tasks import render_page
 
+    if not pages:
+        return
     if not settings.COMFY_ALLOW_PARALLEL_PAGES:
         # One page of a book at a time: the sweeper and each finished page start the next one.
-        transaction.on_commit(lambda: book_start_next(book_id=page.book_id), robust=True)
+        book_ids = sorted({page.book_id for page in pages})
+        transaction.on_commit(lambda: [book_start_next(book_id=book_id) for book_id in book_ids], robust=True)
         return
-    page_id, attempt = page.pk, page.attempt
-    transaction.on_commit(
-        lambda: render_page.apply_async((page_id, attempt), countdown=countdown),
-        robust=True,
-    )
+    messages = [(page.pk, page.attempt) for page in pages]
+
+    def publish() -> None:
+        with app.producer_or_acquire() as producer:  # one broker connection for them all
+            for message in messages:
+                render_page.apply_async(message, countdown=countdown, producer=producer)
+
+    transaction.on_commit(publish, robust=True)
 
 
 def book_start_next(*, book_id: int) -> bool:
@@ -214,8 +239,17 @@ def page_finish(
     stored = default_storage.save(name, ContentFile(image))
     now = timezone.now()
     with transaction.atomic():
-        current = _locked_current(page.pk, record.number)
-        if current is None:
+        finished = BookPage.objects.filter(pk=page.pk, attempt=record.number, status=Status.RENDERING).update(
+            status=Status.DONE,
+            image=stored,
+            image_attempt=record.number,
+            rendered_at=now,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            needs_regeneration=False,
+            updated_at=now,
+        )
+        if not finished:
             default_storage.delete(stored)
             RenderAttempt.objects.filter(pk=record.pk).update(
                 outcome=RenderAttempt.Outcome.SUPERSEDED,
@@ -223,15 +257,9 @@ def page_finish(
                 telemetry=telemetry_finalize(telemetry),
             )
             return False
-        old_image = current.image.name if current.image else ""
-        current.status = Status.DONE
-        current.image = stored
-        current.image_attempt = record.number
-        current.rendered_at = now
-        current.lease_expires_at = None
-        current.next_attempt_at = None
-        current.needs_regeneration = False
-        current.save()
+        # The image as the claim read it: while this attempt is current, nothing else stores one.
+        old_image = page.image.name if page.image else ""
+        page.status, page.image, page.image_attempt, page.rendered_at = Status.DONE, stored, record.number, now
         RenderAttempt.objects.filter(pk=record.pk).update(
             outcome=RenderAttempt.Outcome.SUCCESS,
             finished_at=now,
@@ -247,12 +275,12 @@ def page_finish(
         transaction.on_commit(
             lambda: events.emit(
                 "book.page.done",
-                page=current,
+                page=page,
                 attempt=record.number,
                 instance=record.instance_url,
             )
         )
-        _after_page_settles(current)
+        _after_page_settles(page)
     return True
 
 
@@ -326,7 +354,7 @@ def page_fail(
                 telemetry=telemetry_finalize(telemetry or record.telemetry),
             )
         if decision == "retry":
-            _publish_after_commit(page, countdown=delay)
+            _publish_after_commit([page], countdown=delay)
         else:
             _after_page_settles(page)
         instance = str(entry["instance"])
@@ -363,7 +391,7 @@ def page_defer(*, page: BookPage, seconds: float, note: str) -> None:
             "deferred": {"note": note, "at": timezone.now().isoformat()},
         }
         current.save()
-        _publish_after_commit(current, countdown=seconds)
+        _publish_after_commit([current], countdown=seconds)
     log.info(
         "deferred",
         extra={
@@ -401,8 +429,9 @@ def _from_ms(ms: int | None) -> datetime | None:
 # --- one attempt, start to end -----------------------------------------------------------------
 
 
-# One client per instance per worker process: its HTTP connections and its WebSocket are kept
-# open from one page to the next (a prefork process renders one page at a time).
+# One client per instance per worker process: its HTTP connections and its last /system_stats
+# reading are kept from one page to the next (a prefork process renders one page at a time). Its
+# WebSocket is not: each wait opens its own (see ComfyClient.watch).
 _CLIENTS: dict[str, ComfyClient] = {}
 
 
@@ -415,6 +444,17 @@ def comfy_client(instance_url: str) -> ComfyClient:
             poll_interval=settings.COMFY_POLL_INTERVAL_SEC,
         )
     return client
+
+
+# The instance this process rendered its last page on: among equally loaded instances it gets the
+# next one, whose VRAM reading this process already has.
+_last_instance = ""
+
+
+def _remember_instance(url: str) -> str:
+    global _last_instance
+    _last_instance = url
+    return url
 
 
 def page_render(*, page_id: int, attempt: int) -> str:
@@ -432,9 +472,12 @@ def page_render(*, page_id: int, attempt: int) -> str:
 
 
 def _render_claimed(page: BookPage, attempt: int) -> str:
-    record = RenderAttempt.objects.filter(page=page, number=attempt).first()
-    if record is not None:
-        return _resume(page, record)
+    # An attempt whose prompt id is in job_metadata has its RenderAttempt (both are written in one
+    # transaction): a worker died during it, so re-attach to its prompt instead of starting anew.
+    if str(attempt) in page.job_metadata.get("prompt_ids", {}):
+        record = RenderAttempt.objects.filter(page=page, number=attempt).first()
+        if record is not None:
+            return _resume(page, record)
     try:
         workflow = workflow_get(page.book.workflow)
     except WorkflowError as exc:
@@ -444,11 +487,13 @@ def _render_claimed(page: BookPage, attempt: int) -> str:
             error=ComfyError(ErrorKind.VALIDATION, str(exc), retryable=False),
             record=None,
         )
-    chosen = slot_acquire(page=page, attempt=attempt, avoid=page.job_metadata.get("avoid_instance", ""))
+    chosen = slot_acquire(
+        page=page, attempt=attempt, avoid=page.job_metadata.get("avoid_instance", ""), prefer=_last_instance
+    )
     if chosen is None:
         page_defer(page=page, seconds=NO_ROOM_DEFER_SEC, note="no healthy ComfyUI instance has a free slot")
         return "deferred"
-    instance = chosen.url
+    instance = _remember_instance(chosen.url)
     client = comfy_client(instance)
     telemetry: dict[str, Any] = {"FallbackNotes": []}
     try:
@@ -464,21 +509,22 @@ def _render_claimed(page: BookPage, attempt: int) -> str:
             instance_failed(url=instance, error=exc.message)
         return page_fail(page_id=page.pk, attempt=attempt, error=exc, record=None)
     seed = int(page.overrides.get("seed") or random.randrange(2**32))
-    record = RenderAttempt.objects.create(
-        page=page,
-        number=attempt,
-        prompt_id=prompt_id_for(page, attempt),
-        client_id=client.client_id,
-        instance_url=instance,
-        workflow=workflow.slug,
-        seed=seed,
-        telemetry=telemetry,
-    )
     # The prompt id and instance are recorded before submitting: a worker that dies from here on
     # leaves enough behind for the next one to find the prompt on ComfyUI instead of resubmitting.
-    BookPage.objects.filter(pk=page.pk, attempt=attempt).update(
-        job_metadata=_with_attempt_meta(page.job_metadata, record)
-    )
+    with transaction.atomic():
+        record = RenderAttempt.objects.create(
+            page=page,
+            number=attempt,
+            prompt_id=prompt_id_for(page, attempt),
+            client_id=client.client_id,
+            instance_url=instance,
+            workflow=workflow.slug,
+            seed=seed,
+            telemetry=telemetry,
+        )
+        BookPage.objects.filter(pk=page.pk, attempt=attempt).update(
+            job_metadata=_with_attempt_meta(page.job_metadata, record)
+        )
     return _submit_and_wait(page, record, client, telemetry)
 
 
@@ -676,9 +722,14 @@ def _cancel_quietly(client: ComfyClient, prompt_id: str) -> bool:
 # --- GPU checks ----------------------------------------------------------------------------------
 
 
+# The reading taken after a page, if this recent, serves as the reading before this process's next
+# page on the same instance: one /system_stats call per page instead of two.
+VRAM_READING_MAX_AGE_SEC = 1.0
+
+
 def _vram_ok(client: ComfyClient, page: BookPage, telemetry: dict[str, Any]) -> bool:
     """Free VRAM is enough to submit; if not, ask ComfyUI to free memory, wait, and look again."""
-    free_mb = _vram_free(client, telemetry, key="VramBeforeMB")
+    free_mb = _vram_free(client, telemetry, key="VramBeforeMB", max_age=VRAM_READING_MAX_AGE_SEC)
     if free_mb is None or free_mb >= settings.COMFY_MIN_VRAM_FREE_MB:
         return True
     client.free()
@@ -687,12 +738,12 @@ def _vram_ok(client: ComfyClient, page: BookPage, telemetry: dict[str, Any]) -> 
     return free_mb is None or free_mb >= settings.COMFY_MIN_VRAM_FREE_MB
 
 
-def _vram_free(client: ComfyClient, telemetry: dict[str, Any], *, key: str) -> int | None:
+def _vram_free(client: ComfyClient, telemetry: dict[str, Any], *, key: str, max_age: float = 0.0) -> int | None:
     """Free VRAM in MB from both readings where available; returns the one the decision uses
     (NVML when the GPU is on this host, it sees every process; else /system_stats)."""
     stats_mb: int | None = None
     try:
-        gpu = client.system_stats().gpu
+        gpu = client.system_stats(max_age=max_age).gpu
         stats_mb = gpu.vram_free_mb if gpu else None
     except ComfyError as exc:
         if exc.kind is not ErrorKind.UNAVAILABLE and exc.kind is not ErrorKind.PROTOCOL:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from renders.comfy import ComfyClient, ComfyError, ErrorKind
 from renders.workflows import workflow_get
+from tests.conftest import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
 
@@ -48,6 +50,32 @@ def test_it_renders_a_page_and_fetches_the_image(simulator):
     data = client.view(image)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.entry.started_at_ms and result.entry.finished_at_ms >= result.entry.started_at_ms
+
+
+def test_no_websocket_outlives_its_wait(simulator):
+    """ComfyUI's one message loop waits on every socket it broadcasts to; a socket left open and
+    unread between pages would, in time, stop every client's events on that instance."""
+    client = client_for(simulator)
+    for prompt in ("page one", "page two"):
+        assert render(client, page_graph(prompt)).entry.status == "success"
+        assert wait_for(lambda: simulator.stats()["ws_open"] == 0, timeout=5, message="a socket stayed open")
+    with pytest.raises(ComfyError), client.watch():
+        assert simulator.stats()["ws_open"] == 1
+        client.submit({"1": {"class_type": "NoSuchNode", "inputs": {}}}, prompt_id=str(uuid.uuid4()))
+    assert wait_for(lambda: simulator.stats()["ws_open"] == 0, timeout=5, message="a socket stayed open")
+
+
+def test_a_system_stats_reading_is_reused_only_within_max_age(simulator, monkeypatch):
+    client = client_for(simulator)
+    reads: list[float] = []
+    real_read = client._read_system_stats
+    monkeypatch.setattr(client, "_read_system_stats", lambda: reads.append(1) or real_read())
+    first = client.system_stats()
+    assert client.system_stats(max_age=60) is first and len(reads) == 1
+    assert client.system_stats() is not first and len(reads) == 2  # max_age 0: always a fresh one
+    time.sleep(0.05)
+    client.system_stats(max_age=0.01)
+    assert len(reads) == 3
 
 
 def test_a_400_is_a_validation_error_naming_the_node(simulator):

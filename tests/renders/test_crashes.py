@@ -172,3 +172,37 @@ def test_a_redis_restart_mid_book_loses_no_page(alice, simulator, start_worker, 
     all_done(book, timeout=90)
     assert_one_image_per_page(book)
     report("redis-restart-12-pages", seconds_from_restart_to_all_done=round(time.monotonic() - restarted_at, 1))
+
+
+def test_a_task_starts_on_a_working_connection_after_postgresql_dropped_the_kept_one():
+    """Workers keep their database connection between tasks (CELERY_DB_REUSE_MAX); the check at
+    each task's start replaces one that PostgreSQL dropped in between, as Django does per request."""
+    from django.db import connection
+
+    from config.celery import _database_connection_checked
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    assert settings.CELERY_DB_REUSE_MAX and settings.DATABASES["default"]["CONN_HEALTH_CHECKS"]
+    _database_connection_checked()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (kept,) = cursor.fetchone()
+    _database_connection_checked()  # a healthy connection is kept
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone() == (kept,)
+    import psycopg
+
+    with psycopg.connect(database_url_of(connection), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [kept])
+    _database_connection_checked()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (now,) = cursor.fetchone()
+    assert now != kept
+
+
+def database_url_of(connection: Any) -> str:
+    params = connection.get_connection_params()
+    return " ".join(f"{key}={params[key]}" for key in ("host", "port", "user", "dbname") if params.get(key))

@@ -38,6 +38,14 @@ def test_attempts_go_to_the_least_loaded_instance_until_every_slot_is_taken(page
 
 
 @override_settings(COMFYUI_URLS=URLS)
+def test_among_equally_loaded_instances_the_preferred_one_is_taken(pages):
+    assert routing.slot_acquire(page=pages[0], attempt=1, prefer=URLS[1]).url == URLS[1]
+    # gpu1 now holds a lease: the less loaded gpu0 wins over the preference.
+    assert routing.slot_acquire(page=pages[1], attempt=1, prefer=URLS[1]).url == URLS[0]
+    assert routing.slot_acquire(page=pages[2], attempt=1, prefer=URLS[1]).url == URLS[1]
+
+
+@override_settings(COMFYUI_URLS=URLS)
 def test_a_released_or_expired_slot_is_free_again(pages):
     for page in pages[:4]:
         routing.slot_acquire(page=page, attempt=1)

@@ -165,6 +165,45 @@ def test_a_stale_attempt_never_overwrites_a_newer_image(page, png_bytes):
     assert not default_storage.exists(services.page_image_name(page, 1))
 
 
+def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
+    alice, django_assert_max_num_queries, django_capture_on_commit_callbacks, monkeypatch
+):
+    book = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 201))
+    ids = list(book.pages.order_by("number").values_list("pk", flat=True))
+    published: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        "renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(tuple(args))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        # SAVEPOINT/BEGIN, SELECT ... FOR UPDATE, one UPDATE, RELEASE/COMMIT: not one per page.
+        with django_assert_max_num_queries(4):
+            results = services.pages_enqueue(page_ids=ids, by="user:1", reason="create")
+        assert published == []  # nothing before the commit
+    assert [r.page.pk for r in results] == ids and all(r.queued for r in results)
+    assert sorted(published) == [(page_id, 1) for page_id in sorted(ids)]
+    assert set(book.pages.values_list("status", "attempt")) == {(Status.QUEUED, 1)}
+
+
+def test_enqueue_answers_in_the_order_asked_and_skips_active_pages(page, alice):
+    other = BookPage.objects.create(book=page.book, number=2, prompt="a heron", status=Status.FAILED)
+    results = services.pages_enqueue(page_ids=[other.pk, page.pk], by="user:1", reason="regenerate")
+    assert [(r.page.pk, r.queued, r.reason) for r in results] == [
+        (other.pk, True, ""),
+        (page.pk, False, "already pending"),
+    ]
+    other.refresh_from_db()
+    assert other.job_metadata["requests"][-1]["by"] == "user:1"
+
+
+def test_enqueue_of_an_unknown_page_queues_nothing(page):
+    other = BookPage.objects.create(book=page.book, number=2, prompt="a heron", status=Status.FAILED)
+    with pytest.raises(BookPage.DoesNotExist, match="nothing was queued"):
+        services.pages_enqueue(page_ids=[other.pk, 999_999], by="user:1", reason="regenerate")
+    other.refresh_from_db()
+    assert (other.status, other.attempt) == (Status.FAILED, 0)
+
+
 def test_prompt_ids_are_derived_from_page_and_attempt(page):
     assert services.prompt_id_for(page, 1) == services.prompt_id_for(page, 1)
     assert services.prompt_id_for(page, 1) != services.prompt_id_for(page, 2)

@@ -69,7 +69,12 @@ def test_a_system_stats_reading_is_reused_only_within_max_age(simulator, monkeyp
     client = client_for(simulator)
     reads: list[float] = []
     real_read = client._read_system_stats
-    monkeypatch.setattr(client, "_read_system_stats", lambda: reads.append(1) or real_read())
+
+    def counted_read() -> Any:
+        reads.append(time.monotonic())
+        return real_read()
+
+    monkeypatch.setattr(client, "_read_system_stats", counted_read)
     first = client.system_stats()
     assert client.system_stats(max_age=60) is first and len(reads) == 1
     assert client.system_stats() is not first and len(reads) == 2  # max_age 0: always a fresh one

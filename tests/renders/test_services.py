@@ -172,9 +172,7 @@ def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
     BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 201))
     ids = list(book.pages.order_by("number").values_list("pk", flat=True))
     published: list[tuple[int, int]] = []
-    monkeypatch.setattr(
-        "renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(tuple(args))
-    )
+    monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(tuple(args)))
     with django_capture_on_commit_callbacks(execute=True):
         # SAVEPOINT/BEGIN, SELECT ... FOR UPDATE, one UPDATE, RELEASE/COMMIT: not one per page.
         with django_assert_max_num_queries(4):

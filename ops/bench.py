@@ -8,6 +8,7 @@ detection p95 <= 50 ms, capacity >= 50 pages/s on 2 cores, recovery <= 15 s, RSS
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -100,9 +101,22 @@ def keep_fed(instances: int, workdir: Path) -> dict[str, Any]:
         for a in runs
         if a.finished_at and a.comfy_finished_at
     ]
+    # How long each GPU sat idle between one prompt ending and the next starting on it.
+    gaps: list[float] = []
+    for url in {a.instance_url for a in runs}:
+        spans = sorted(
+            (a.started_at, a.comfy_finished_at)
+            for a in runs
+            if a.instance_url == url and a.started_at and a.comfy_finished_at
+        )
+        gaps += [max(0.0, (start - end).total_seconds()) * 1000 for (_, end), (start, _) in itertools.pairwise(spans)]
     return {
         "makespan_s": round(makespan, 2),
         "ideal_s": round(executed / instances, 2),
+        "gpu_idle_between_prompts_ms": {
+            "mean": round(sum(gaps) / len(gaps), 1) if gaps else None,
+            "max": round(max(gaps), 1) if gaps else None,
+        },
         "ratio": round(makespan / (executed / instances), 3),
         "ratio_vs_configured_render_time": round(makespan / (PAGES * RENDER_S / instances), 3),
         "detection_ms": detection,

@@ -113,6 +113,10 @@ def instance_failed(*, url: str, error: str) -> None:
         log.warning("instance down", extra={"event": "instance.down", "instance": url, "reason": error[:200]})
 
 
+def instance_any_up() -> bool:
+    return ComfyInstance.objects.filter(enabled=True, state=ComfyInstance.State.UP).exists()
+
+
 def instance_succeeded(*, url: str) -> None:
     ComfyInstance.objects.filter(url=url, consecutive_failures__gt=0).update(consecutive_failures=0)
 

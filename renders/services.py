@@ -35,8 +35,15 @@ from books.models import BookPage
 from renders import events
 from renders.comfy import ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
 from renders.gpu import local_gpu_index, nvml_read
-from renders.models import RenderAttempt
-from renders.routing import instance_failed, instance_succeeded, slot_acquire, slot_release, slot_renew
+from renders.models import ComfyInstance, RenderAttempt
+from renders.routing import (
+    instance_any_up,
+    instance_failed,
+    instance_succeeded,
+    slot_acquire,
+    slot_release,
+    slot_renew,
+)
 from renders.telemetry import telemetry_finalize
 from renders.workflows import WorkflowError, workflow_get
 
@@ -47,7 +54,11 @@ ACTIVE = (Status.QUEUED, Status.RENDERING)
 _RETRY_ONCE = {ErrorKind.VALIDATION}
 # How long a page whose GPU is short of memory waits before it is tried again.
 DEFER_SEC = 5.0
-# How long a page waits when no healthy instance has a free slot (all busy, or all down).
+# A claimed page that finds no free slot (every healthy instance busy, some down) waits for one,
+# looking every NO_ROOM_POLL_SEC, so it takes a slot the moment one frees and the queue stays in
+# Redis, in order; after NO_ROOM_WAIT_SEC it goes back to the queue for NO_ROOM_DEFER_SEC.
+NO_ROOM_POLL_SEC = 0.2
+NO_ROOM_WAIT_SEC = 5.0
 NO_ROOM_DEFER_SEC = 2.0
 
 
@@ -487,9 +498,10 @@ def _render_claimed(page: BookPage, attempt: int) -> str:
             error=ComfyError(ErrorKind.VALIDATION, str(exc), retryable=False),
             record=None,
         )
-    chosen = slot_acquire(
-        page=page, attempt=attempt, avoid=page.job_metadata.get("avoid_instance", ""), prefer=_last_instance
-    )
+    try:
+        chosen = _slot_wait(page, attempt)
+    except Superseded:
+        return "superseded"
     if chosen is None:
         page_defer(page=page, seconds=NO_ROOM_DEFER_SEC, note="no healthy ComfyUI instance has a free slot")
         return "deferred"
@@ -526,6 +538,22 @@ def _render_claimed(page: BookPage, attempt: int) -> str:
             job_metadata=_with_attempt_meta(page.job_metadata, record)
         )
     return _submit_and_wait(page, record, client, telemetry)
+
+
+def _slot_wait(page: BookPage, attempt: int) -> ComfyInstance | None:
+    """A slot for this attempt, waiting up to NO_ROOM_WAIT_SEC for one to free (the page's lease
+    renewed meanwhile); None if none did. Raises Superseded if the page moved on meanwhile."""
+    deadline = last_beat = time.monotonic()
+    deadline += NO_ROOM_WAIT_SEC
+    avoid = page.job_metadata.get("avoid_instance", "")
+    while True:
+        chosen = slot_acquire(page=page, attempt=attempt, avoid=avoid, prefer=_last_instance)
+        if chosen is not None or time.monotonic() >= deadline or not instance_any_up():
+            return chosen  # with every instance down, waiting for a slot is pointless
+        time.sleep(NO_ROOM_POLL_SEC)
+        if time.monotonic() - last_beat >= 1.0:
+            page_heartbeat(page_id=page.pk, attempt=attempt)
+            last_beat = time.monotonic()
 
 
 def _with_attempt_meta(meta: dict[str, Any], record: RenderAttempt) -> dict[str, Any]:

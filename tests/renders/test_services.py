@@ -229,3 +229,57 @@ def test_a_page_whose_worker_lost_the_database_is_handed_back_at_once(page):
     page.refresh_from_db()
     assert page.status == Status.QUEUED and page.attempt == 1 and page.retry_count == 0
     assert services.page_hand_back(page_id=page.pk, attempt=page.attempt) is False  # only a rendering page
+
+
+@pytest.fixture
+def one_slot_book(alice, simulator, settings, monkeypatch) -> list[BookPage]:
+    """Two queued pages and one ComfyUI instance with a single slot; messages are not published."""
+    from renders.models import ComfyInstance
+
+    settings.COMFYUI_URLS = [simulator.url]
+    ComfyInstance.objects.create(url=simulator.url, slots=1)
+    monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda *args, **kwargs: None)
+    book = Book.objects.create(owner=alice, title="One slot", workflow="model-free")
+    pages = [
+        BookPage.objects.create(book=book, number=n, prompt=f"page {n}", overrides={"width": 32, "height": 32})
+        for n in (1, 2)
+    ]
+    services.pages_enqueue(page_ids=[p.pk for p in pages], by="test", reason="create")
+    return pages
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_page_with_no_free_slot_takes_the_first_one_that_frees(one_slot_book):
+    import threading
+
+    from django.db import connection
+
+    from renders import routing
+
+    first, second = one_slot_book
+    assert routing.slot_acquire(page=first, attempt=1) is not None  # the only slot
+
+    def release_soon() -> None:
+        time.sleep(0.6)
+        routing.slot_release(page_id=first.pk, attempt=1)
+        connection.close()
+
+    threading.Thread(target=release_soon).start()
+    started = time.monotonic()
+    assert services.page_render(page_id=second.pk, attempt=1) == "done"
+    assert 0.5 < time.monotonic() - started < services.NO_ROOM_WAIT_SEC
+    second.refresh_from_db()
+    assert "deferred" not in second.job_metadata and second.retry_count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_page_that_finds_no_slot_in_time_goes_back_to_the_queue_without_a_retry(one_slot_book, monkeypatch):
+    from renders import routing
+
+    monkeypatch.setattr(services, "NO_ROOM_WAIT_SEC", 0.5)
+    first, second = one_slot_book
+    assert routing.slot_acquire(page=first, attempt=1) is not None
+    assert services.page_render(page_id=second.pk, attempt=1) == "deferred"
+    second.refresh_from_db()
+    assert (second.status, second.attempt, second.retry_count) == (Status.QUEUED, 1, 0)
+    assert "free slot" in second.job_metadata["deferred"]["note"]

@@ -158,7 +158,7 @@ def private_redis(tmp_path):
 def test_a_redis_restart_mid_book_loses_no_page(alice, simulator, start_worker, start_beat, private_redis):
     simulator.set_faults(render_time="0.3")
     env = {"COMFYUI_URLS": simulator.url, "REDIS_URL": private_redis["url"], "CELERY_BROKER_URL": private_redis["url"]}
-    start_worker(concurrency=2, **env)
+    worker = start_worker(concurrency=2, **env)
     start_beat(**env)
     book = book_of(alice, 12)
     wait_for(lambda: book.pages.filter(status=Status.DONE).count() >= 3, timeout=30)
@@ -169,9 +169,24 @@ def test_a_redis_restart_mid_book_loses_no_page(alice, simulator, start_worker, 
     private_redis["process"] = start_embedded_redis(private_redis["port"], private_redis["dir"])
     restarted_at = time.monotonic()
 
+    # Now and then kombu's Redis transport fails while it closes the lost connection (restoring
+    # unacked messages through a channel whose connection is already gone: "Unrecoverable error:
+    # AttributeError ... 'hostname'") and the worker exits. systemd restarts it (Restart=on-failure
+    # in bookrender-worker@.service); do the same here. What must hold either way: no page lost.
+    time.sleep(2)
+    restarted_worker = "Unrecoverable error" in worker.log()
+    if restarted_worker:
+        wait_for(lambda: not worker.alive(), timeout=30, message="the failed worker did not exit")
+        start_worker(concurrency=2, **env)
+    assert worker.alive() or restarted_worker, worker.log()[-3000:]
+
     all_done(book, timeout=90)
     assert_one_image_per_page(book)
-    report("redis-restart-12-pages", seconds_from_restart_to_all_done=round(time.monotonic() - restarted_at, 1))
+    report(
+        "redis-restart-12-pages",
+        seconds_from_restart_to_all_done=round(time.monotonic() - restarted_at, 1),
+        worker_restarted_like_systemd=restarted_worker,
+    )
 
 
 def test_a_task_starts_on_a_working_connection_after_postgresql_dropped_the_kept_one():

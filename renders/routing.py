@@ -59,7 +59,7 @@ def slot_acquire(
             instances_sync()  # a URL new in COMFYUI_URLS: only then a second query
             rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
         instances = [i for i in rows if i.enabled]
-        InstanceSlot.objects.filter(page=page)._raw_delete(InstanceSlot.objects.db)  # an earlier attempt's
+        _slots_delete(page=page)  # an earlier attempt's lease of this page
         if resume_on:
             chosen = next((i for i in instances if i.url == resume_on), None)
             if chosen is None or chosen.state != ComfyInstance.State.UP:
@@ -90,9 +90,13 @@ def slot_renew(*, page_id: int, attempt: int) -> None:
 
 
 def slot_release(*, page_id: int, attempt: int) -> None:
+    _slots_delete(page_id=page_id, attempt=attempt)
+
+
+def _slots_delete(**where: object) -> None:
     # One DELETE statement: nothing refers to a slot, so Django's collector (and the transaction
     # it opens around it) has nothing to do.
-    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt)._raw_delete(InstanceSlot.objects.db)
+    InstanceSlot.objects.filter(**where)._raw_delete(InstanceSlot.objects.db)
 
 
 def instance_failed(*, url: str, error: str) -> None:

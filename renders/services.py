@@ -146,7 +146,12 @@ def _publish_after_commit(pages: list[BookPage], *, countdown: float = 0) -> Non
     if not settings.COMFY_ALLOW_PARALLEL_PAGES:
         # One page of a book at a time: the sweeper and each finished page start the next one.
         book_ids = sorted({page.book_id for page in pages})
-        transaction.on_commit(lambda: [book_start_next(book_id=book_id) for book_id in book_ids], robust=True)
+
+        def start_next() -> None:
+            for book_id in book_ids:
+                book_start_next(book_id=book_id)
+
+        transaction.on_commit(start_next, robust=True)
         return
     messages = [(page.pk, page.attempt) for page in pages]
 
@@ -543,12 +548,11 @@ def _render_claimed(page: BookPage, attempt: int) -> str:
 def _slot_wait(page: BookPage, attempt: int) -> ComfyInstance | None:
     """A slot for this attempt, waiting up to NO_ROOM_WAIT_SEC for one to free (the page's lease
     renewed meanwhile); None if none did. Raises Superseded if the page moved on meanwhile."""
-    deadline = last_beat = time.monotonic()
-    deadline += NO_ROOM_WAIT_SEC
+    started = last_beat = time.monotonic()
     avoid = page.job_metadata.get("avoid_instance", "")
     while True:
         chosen = slot_acquire(page=page, attempt=attempt, avoid=avoid, prefer=_last_instance)
-        if chosen is not None or time.monotonic() >= deadline or not instance_any_up():
+        if chosen is not None or time.monotonic() - started >= NO_ROOM_WAIT_SEC or not instance_any_up():
             return chosen  # with every instance down, waiting for a slot is pointless
         time.sleep(NO_ROOM_POLL_SEC)
         if time.monotonic() - last_beat >= 1.0:

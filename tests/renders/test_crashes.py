@@ -16,7 +16,7 @@ from books.models import BookPage
 from books.services import PageSpec, book_create
 from ops.devstack import free_port, start_embedded_redis
 from renders.models import RenderAttempt
-from tests.conftest import wait_for
+from tests.conftest import database_url, wait_for
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,6 +192,7 @@ def test_a_redis_restart_mid_book_loses_no_page(alice, simulator, start_worker, 
 def test_a_task_starts_on_a_working_connection_after_postgresql_dropped_the_kept_one():
     """Workers keep their database connection between tasks (CELERY_DB_REUSE_MAX); the check at
     each task's start replaces one that PostgreSQL dropped in between, as Django does per request."""
+    import psycopg
     from django.db import connection
 
     from config.celery import _database_connection_checked
@@ -199,25 +200,15 @@ def test_a_task_starts_on_a_working_connection_after_postgresql_dropped_the_kept
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL")
     assert settings.CELERY_DB_REUSE_MAX and settings.DATABASES["default"]["CONN_HEALTH_CHECKS"]
-    _database_connection_checked()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (kept,) = cursor.fetchone()
-    _database_connection_checked()  # a healthy connection is kept
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        assert cursor.fetchone() == (kept,)
-    import psycopg
 
-    with psycopg.connect(database_url_of(connection), autocommit=True) as other:
+    def backend_pid() -> int:
+        _database_connection_checked()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return int(cursor.fetchone()[0])
+
+    kept = backend_pid()
+    assert backend_pid() == kept  # a healthy connection is kept
+    with psycopg.connect(database_url(), autocommit=True) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [kept])
-    _database_connection_checked()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (now,) = cursor.fetchone()
-    assert now != kept
-
-
-def database_url_of(connection: Any) -> str:
-    params = connection.get_connection_params()
-    return " ".join(f"{key}={params[key]}" for key in ("host", "port", "user", "dbname") if params.get(key))
+    assert backend_pid() != kept

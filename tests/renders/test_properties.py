@@ -72,11 +72,23 @@ class PageLifecycle(RuleBasedStateMachine):
             except (services.Superseded, services.ClaimLost):
                 pass
 
+    def snapshot(self) -> tuple[object, ...]:
+        page = self.current()
+        return (page.status, page.attempt, page.claim, page.retry_count, page.image.name, len(page.image_error))
+
+    def holds(self, claim: services.Claim) -> bool:
+        page = self.current()
+        return (page.status, page.attempt, page.claim) == (Status.RENDERING, claim.attempt, claim.token)
+
     @rule(kind=st.sampled_from(KINDS), which=st.integers(0, 3))
     def an_attempt_fails(self, kind: ErrorKind, which: int) -> None:
         claim = self.pick(which)
-        if claim is not None:
-            services.page_fail(claim=claim, error=ComfyError(kind, "boom"), record=None)
+        if claim is None:
+            return
+        held, before = self.holds(claim), self.snapshot()
+        services.page_fail(claim=claim, error=ComfyError(kind, "boom"), record=None)
+        if not held:
+            assert self.snapshot() == before, "a claim that no longer holds the page changed it"
 
     @rule(which=st.integers(0, 3))
     def an_attempt_finishes(self, which: int) -> None:
@@ -96,8 +108,11 @@ class PageLifecycle(RuleBasedStateMachine):
             },
         )
         result = WaitResult(HistoryEntry("p", "success", [], None, 1, 2), 1, "success", time.time())
+        held, before = self.holds(claim), self.snapshot()
         if services.page_finish(claim=claim, record=record, image=png(), result=result, telemetry={}):
             assert self.current().image_attempt == attempt == self.current().attempt
+        if not held:
+            assert self.snapshot() == before, "a claim that no longer holds the page stored an image"
 
     @rule(force=st.booleans())
     def someone_regenerates(self, force: bool) -> None:
@@ -110,6 +125,13 @@ class PageLifecycle(RuleBasedStateMachine):
         )
         page = self.current()
         services.page_resume(page_id=page.pk, attempt=page.attempt, token=page.claim)
+
+    @rule()
+    def a_slow_workers_page_is_handed_to_another_worker(self) -> None:
+        """The lease lapsed (the worker is slow, not dead), the sweeper resumed the page and a
+        second worker claimed the same attempt: two claims on one attempt, the older one lost."""
+        self.the_lease_lapses_and_the_sweeper_runs()
+        self.a_worker_claims(stale=False)
 
     @invariant()
     def retry_count_counts_the_failed_attempts(self) -> None:

@@ -30,6 +30,8 @@ class BookPage(models.Model):
         RENDERING = "rendering", "Rendering"
         DONE = "done", "Done"
         FAILED = "failed", "Needs attention"
+        # Stopped by its owner (or an admin): not rendered, nothing to fix; regenerate restarts it.
+        CANCELLED = "cancelled", "Cancelled"
 
     book = models.ForeignKey(Book, on_delete=models.CASCADE, related_name="pages")
     number = models.PositiveIntegerField()

@@ -21,6 +21,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db.models.functions import Now
+from django.utils import timezone
 from PIL import Image
 
 from renders.comfy import ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
@@ -240,8 +242,8 @@ def _arrived(claim: Claim, client: ComfyClient, prompt_id: str) -> bool:
 
 
 def _mark_submitted(record: RenderAttempt) -> None:
-    RenderAttempt.objects.filter(pk=record.pk, submitted_at__isnull=True).update(submitted_at=db_now())
-    record.submitted_at = record.submitted_at or db_now()
+    RenderAttempt.objects.filter(pk=record.pk, submitted_at__isnull=True).update(submitted_at=Now())
+    record.submitted_at = record.submitted_at or timezone.now()
 
 
 def _stop(
@@ -278,8 +280,8 @@ def _submit_and_wait(claim: Claim, record: RenderAttempt, client: ComfyClient, t
 def _wait_and_finish(
     claim: Claim, record: RenderAttempt, client: ComfyClient, watcher: Any, telemetry: dict[str, Any]
 ) -> str:
-    started = record.created_at or db_now()
-    remaining = settings.COMFY_RENDER_TIMEOUT_SEC - (db_now() - started).total_seconds()
+    started = record.created_at or timezone.now()
+    remaining = settings.COMFY_RENDER_TIMEOUT_SEC - (timezone.now() - started).total_seconds()
     result: WaitResult = watcher.wait(
         str(record.prompt_id),
         timeout=max(1.0, remaining),

@@ -99,14 +99,10 @@ def slot_acquire(
                 candidates,
                 key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.url != prefer, i.pk),
             )
-        InstanceSlot.objects.update_or_create(
-            page=page,
-            defaults={
-                "instance": chosen,
-                "attempt": attempt,
-                "claim": claim,
-                "expires_at": db_in(settings.COMFY_LEASE_SEC),
-            },
+        # The page's one slot row, whoever held it before (an earlier claim or attempt).
+        InstanceSlot.objects.filter(page=page)._raw_delete(InstanceSlot.objects.db)
+        InstanceSlot.objects.create(
+            instance=chosen, page=page, attempt=attempt, claim=claim, expires_at=db_in(settings.COMFY_LEASE_SEC)
         )
     return chosen
 

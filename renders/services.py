@@ -140,6 +140,34 @@ def pages_enqueue(
     return [results[page_id] for page_id in page_ids]
 
 
+def pages_cancel(*, page_ids: Sequence[int], by: str) -> list[int]:
+    """Stop the pages that are queued or rendering; returns the ids of those stopped.
+
+    Each page's attempt advances and it becomes Cancelled, so a worker rendering it finds its
+    attempt superseded at its next lease renewal and cancels the prompt on ComfyUI, and a queued
+    page's message finds nothing to claim. Done and failed pages keep what they have (their chosen
+    image stays); a regenerate starts a cancelled page again."""
+    now = timezone.now()
+    with transaction.atomic():
+        pages = list(BookPage.objects.select_for_update().filter(pk__in=page_ids, status__in=ACTIVE).order_by("pk"))
+        for page in pages:
+            request = {"by": by, "reason": "cancel", "at": now.isoformat(), "attempt": page.attempt + 1}
+            meta = _without(page.job_metadata, "avoid_instance", "deferred", "vram_wait")
+            meta["requests"] = [*meta.get("requests", []), request]
+            BookPage.objects.filter(pk=page.pk).update(
+                attempt=page.attempt + 1,
+                status=Status.CANCELLED,
+                claim=None,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                published_at=None,
+                job_metadata=meta,
+                updated_at=Now(),
+            )
+            _after_page_settles(page)
+    return [page.pk for page in pages]
+
+
 def _publish_after_commit(pages: list[BookPage], *, countdown: float = 0) -> None:
     """Publish each page's render message once the transaction commits (a rollback sends none).
     Sequential books publish only their next page (``book_start_next``)."""
@@ -327,8 +355,9 @@ def page_finish(
             telemetry={**telemetry, "DetectionToDoneMs": round((time.time() - result.detected_at) * 1000, 1)},
         )
         page.status, page.image, page.image_attempt = Status.DONE, stored, claim.attempt  # type: ignore[assignment]
-        page_id = page.pk
-        transaction.on_commit(lambda: versions_prune(page_id=page_id), robust=True)
+        if claim.attempt > settings.BOOKRENDER_PAGE_VERSIONS_KEPT:  # else there cannot be more versions
+            page_id = page.pk
+            transaction.on_commit(lambda: versions_prune(page_id=page_id), robust=True)
         transaction.on_commit(
             lambda: events.emit("book.page.done", page=page, attempt=claim.attempt, instance=record.instance_url)
         )

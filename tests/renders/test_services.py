@@ -448,3 +448,18 @@ def test_a_soft_time_limit_cancels_the_prompt_on_comfyui(one_slot_book, simulato
     assert simulator.stats()["interrupted"] == 1
     first.refresh_from_db()
     assert first.latest_error["kind"] == "timeout" and "soft time limit" in first.latest_error["message"]
+
+
+def test_cancel_stops_queued_and_rendering_pages_and_their_workers_find_out(page, alice):
+    held = claim(page)
+    queued = BookPage.objects.create(book=page.book, number=2, prompt="a heron")
+    services.page_enqueue(page_id=queued.pk, by="test", reason="create")
+    done = BookPage.objects.create(book=page.book, number=3, prompt="done", status=Status.DONE, attempt=1)
+    stopped = services.pages_cancel(page_ids=[page.pk, queued.pk, done.pk], by="user:1")
+    assert sorted(stopped) == sorted([page.pk, queued.pk])
+    assert set(BookPage.objects.filter(pk__in=stopped).values_list("status", flat=True)) == {Status.CANCELLED}
+    assert BookPage.objects.get(pk=done.pk).status == Status.DONE  # it keeps its image
+    with pytest.raises(services.Superseded):  # so the worker cancels its prompt on ComfyUI
+        services.claim_renew(held)
+    assert services.page_claim(page_id=queued.pk, attempt=1) is None  # its message claims nothing
+    assert services.page_enqueue(page_id=queued.pk, by="user:1", reason="regenerate").queued

@@ -92,7 +92,7 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start real Celery workers: ``start_worker(COMFYUI_URLS=sim.url, concurrency=2)``."""
+    """Start real render workers: ``start_worker(COMFYUI_URLS=sim.url, concurrency=2)``."""
     started: list[Process] = []
 
     def start(concurrency: int = 2, wait_ready: bool = True, **env: str) -> Process:
@@ -108,20 +108,22 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 @pytest.fixture
 def start_beat(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start a real `celery beat` (it runs the sweeper every BOOKRENDER_SWEEP_INTERVAL_SEC)."""
+    """Start a real `celery beat` and the maintenance worker that runs what it schedules (the
+    sweeper every BOOKRENDER_SWEEP_INTERVAL_SEC, and the prober), as the units do."""
     started: list[Process] = []
 
     def start(**env: str) -> Process:
         interval = float(env.pop("BOOKRENDER_SWEEP_INTERVAL_SEC", "1"))
-        beat = livestack.start_beat(
-            env=service_env(**env), log=tmp_path / f"beat-{len(started)}.log", sweep_interval=interval
-        )
+        env_for_both = service_env(BOOKRENDER_SWEEP_INTERVAL_SEC=str(interval), **env)
+        count = len(started)
+        started.append(livestack.start_maintenance_worker(env=env_for_both, log=tmp_path / f"maintenance-{count}.log"))
+        beat = livestack.start_beat(env=env_for_both, log=tmp_path / f"beat-{count}.log", sweep_interval=interval)
         started.append(beat)
         return beat
 
     yield start
-    for beat in started:
-        beat.stop()
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture
@@ -140,12 +142,20 @@ def broker() -> Iterator[None]:
     client.flushdb()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, message: str = "") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str | Callable[[], str] = "",
+) -> Any:
+    """Wait for ``condition`` to hold; ``message`` (or a function that writes it, called at the
+    timeout, so it tells the state then and not at the start) explains a timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(message or f"timed out after {timeout} s waiting for {condition}")
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"timed out after {timeout} s waiting for {condition}")
         time.sleep(interval)

@@ -37,11 +37,11 @@ def book_of(owner, pages: int):
 
 
 def all_done(book, timeout: float) -> None:
+    def not_done() -> str:
+        return f"pages not done: {list(book.pages.exclude(status=Status.DONE).values_list('number', 'status'))}"
+
     wait_for(
-        lambda: book.pages.exclude(status=Status.DONE).count() == 0,
-        timeout=timeout,
-        interval=0.25,
-        message=f"pages not done: {list(book.pages.exclude(status=Status.DONE).values_list('number', 'status'))}",
+        lambda: book.pages.exclude(status=Status.DONE).count() == 0, timeout=timeout, interval=0.25, message=not_done
     )
 
 
@@ -90,10 +90,11 @@ def test_a_killed_worker_costs_seconds_and_its_prompt_is_not_submitted_again(
     )
 
 
-def test_a_comfyui_crash_mid_book_resubmits_only_what_was_lost(alice, simulator, start_worker, broker):
+def test_a_comfyui_crash_mid_book_resubmits_only_what_was_lost(alice, simulator, start_worker, start_beat, broker):
     simulator.set_faults(render_time="0.4", crash_after=6)
     env = {"COMFYUI_URLS": simulator.url, "COMFY_RETRY_BACKOFF_SEC": "1,2,3", "COMFY_POLL_INTERVAL_SEC": "0.5"}
     start_worker(concurrency=4, **env)
+    start_beat(**env)  # the shipped topology: the prober notices the restarted instance
     stop = threading.Event()
     crashes: list[float] = []
 

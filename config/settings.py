@@ -152,6 +152,8 @@ COMFY_HTTP_TIMEOUT_SEC = env_float("COMFY_HTTP_TIMEOUT_SEC", 10, minimum=0.1)
 COMFY_POLL_INTERVAL_SEC = env_float("COMFY_POLL_INTERVAL_SEC", 2, minimum=0.05)
 # How long a rendering page's lease lasts without a heartbeat before the sweeper resumes it.
 COMFY_LEASE_SEC = env_float("COMFY_LEASE_SEC", 8, minimum=1)
+# The most a worker reads from /view for one image; a larger answer is a protocol error.
+COMFY_MAX_IMAGE_MB = env_int("COMFY_MAX_IMAGE_MB", 128, minimum=1)
 BOOKRENDER_WORKFLOWS_DIR = env_str("BOOKRENDER_WORKFLOWS_DIR", "")
 # Where ComfyUI's models live, for the disk-space metric and alert (empty: not watched).
 BOOKRENDER_MODEL_DIR = env_str("BOOKRENDER_MODEL_DIR", "")

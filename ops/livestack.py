@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ class Process:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log_path = name, log
+        self.hostname = ""  # a Celery worker's node name, as its pings answer
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
@@ -97,6 +99,7 @@ def start_worker(
     name = hostname or f"live-{time.monotonic_ns()}@%h"
     argv = topology.argv("render-worker", log_level="INFO", hostname=name)
     worker = Process("worker", argv, {**env, "CELERY_WORKER_CONCURRENCY": str(concurrency)}, log)
+    worker.hostname = name.replace("%h", socket.gethostname())
     if wait:
         wait_ready(worker)
     return worker
@@ -109,6 +112,7 @@ def start_maintenance_worker(
     prober, one process."""
     name = hostname or f"live-maintenance-{time.monotonic_ns()}@%h"
     worker = Process("maintenance", topology.argv("maintenance-worker", log_level="INFO", hostname=name), env, log)
+    worker.hostname = name.replace("%h", socket.gethostname())
     if wait:
         wait_ready(worker)
     return worker

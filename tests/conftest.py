@@ -142,6 +142,30 @@ def broker() -> Iterator[None]:
     client.flushdb()
 
 
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own as the Celery broker: no worker of another test, another stack
+    or another `make test` on this host can answer its pings or take its messages."""
+    from config.celery import app
+    from ops.devstack import free_port, start_embedded_redis
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    process = start_embedded_redis(port, tmp_path / "own-redis")
+    old = app.conf.broker_url
+    app.conf.broker_url = url
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None
+    try:
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+        app.conf.broker_url = old
+        app._pool = None  # type: ignore[attr-defined]
+        app.amqp._producer_pool = None
+
+
 def wait_for(
     condition: Callable[[], Any],
     timeout: float = 30.0,

@@ -271,7 +271,7 @@ def test_a_page_with_no_free_slot_takes_the_first_one_that_frees(one_slot_book):
     threading.Thread(target=release_soon).start()
     started = time.monotonic()
     assert services.page_render(page_id=second.pk, attempt=1) == "done"
-    assert 0.5 < time.monotonic() - started < services.NO_ROOM_WAIT_SEC
+    assert time.monotonic() - started > 0.5  # it waited for the slot (not deferred: see below)
     second.refresh_from_db()
     assert "deferred" not in second.job_metadata and second.retry_count == 0
 

@@ -23,6 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("BOOKRENDER_REQUIRE_POSTGRES") and "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
         raise pytest.UsageError("BOOKRENDER_REQUIRE_POSTGRES is set but the tests are not using PostgreSQL")
+    # The live tests own every worker on their broker: one of another stack (another `make test`,
+    # a `make run`) would take their messages and answer their pings.
+    from config.celery import app
+    from ops.devstack import redis_answers
+
+    if not redis_answers(settings.CELERY_BROKER_URL):
+        return  # no broker: the tests that need one say so themselves
+    strangers = sorted(name for reply in app.control.ping(timeout=1) or [] for name in reply)
+    if strangers:
+        raise pytest.UsageError(
+            f"Celery workers already answer on the tests' broker {settings.CELERY_BROKER_URL}: "
+            f"{', '.join(strangers)}. Stop them, or give this run a Redis database of its own (REDIS_URL)."
+        )
 
 
 @pytest.fixture(autouse=True)

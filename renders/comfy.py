@@ -543,7 +543,7 @@ class ComfyClient:
                     ErrorKind.PROTOCOL,
                     f"ComfyUI listed {image.subfolder}/{image.filename} but /view has no such file",
                 )
-            # Read at most max_image_bytes (+1 to notice more), whatever Content-Length says.
+            # Stop one chunk past max_image_bytes, whatever Content-Length says (or leaves out).
             body = bytearray()
             try:
                 for chunk in response.iter_content(chunk_size=1024 * 1024):

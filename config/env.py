@@ -2,11 +2,12 @@
 
 Nothing here raises: a malformed value is recorded in ``ERRORS`` and the default is used, so that
 Django can start far enough to run its system checks, which turn every recorded error into a
-start-up failure that names the variable (``config.E001``; see ``config/checks.py``).
+start-up failure that names the variable (``renders.E001``; see ``renders/checks.py``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -72,6 +73,9 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     except ValueError:
         ERRORS.append(EnvError(name, value, "expected a number"))
         return default
+    if not math.isfinite(number):  # float() takes "nan" and "inf"; every comparison with nan is False
+        ERRORS.append(EnvError(name, value, "expected a finite number"))
+        return default
     if minimum is not None and number < minimum:
         ERRORS.append(EnvError(name, value, f"must be at least {minimum}"))
         return default
@@ -96,6 +100,9 @@ def env_float_list(name: str, default: list[float], *, minimum: float = 0) -> li
         return list(default)
     if not numbers:
         ERRORS.append(EnvError(name, value, "expected at least one number"))
+        return list(default)
+    if not all(math.isfinite(number) for number in numbers):
+        ERRORS.append(EnvError(name, value, "expected finite numbers"))
         return list(default)
     if any(number < minimum for number in numbers):
         ERRORS.append(EnvError(name, value, f"every value must be at least {minimum:g}"))

@@ -156,6 +156,8 @@ COMFY_LEASE_SEC = env_float("COMFY_LEASE_SEC", 8, minimum=1)
 COMFY_VRAM_WAIT_MAX_SEC = env_float("COMFY_VRAM_WAIT_MAX_SEC", 300, minimum=1)
 # Successful renders kept per page (the chosen one is always kept, whatever this says).
 BOOKRENDER_PAGE_VERSIONS_KEPT = env_int("BOOKRENDER_PAGE_VERSIONS_KEPT", 10, minimum=1)
+# The most a worker reads from /view for one image; a larger answer is a protocol error.
+COMFY_MAX_IMAGE_MB = env_int("COMFY_MAX_IMAGE_MB", 128, minimum=1)
 BOOKRENDER_WORKFLOWS_DIR = env_str("BOOKRENDER_WORKFLOWS_DIR", "")
 # Where ComfyUI's models live, for the disk-space metric and alert (empty: not watched).
 BOOKRENDER_MODEL_DIR = env_str("BOOKRENDER_MODEL_DIR", "")

@@ -158,13 +158,15 @@ def _capacity_once(workdir: Path, pages: int) -> dict[str, float]:
 
 
 def recovery(workdir: Path) -> float:
-    """Seconds from a worker SIGKILL mid-render to its page rendering again (default settings:
-    COMFY_LEASE_SEC and the sweep interval decide it)."""
+    """Seconds from a worker SIGKILL mid-render to its page rendering again, in the shipped topology
+    (render workers, a maintenance worker, beat) with the default settings: COMFY_LEASE_SEC and the
+    sweep interval decide it."""
     from books.models import BookPage
 
     livestack.reset_database()
     with livestack.simulators(1, workdir=workdir / "rec", args=["--render-time", "20"]) as sims:
         env = livestack.use_instances([sims[0].url])
+        maintenance = livestack.start_maintenance_worker(env=env, log=workdir / "maintenance-rec.log")
         beat = livestack.start_beat(env=env, log=workdir / "beat-rec.log", sweep_interval=3)
         doomed = livestack.start_worker(env=env, log=workdir / "worker-rec-1.log", concurrency=2)
         successor = None
@@ -187,7 +189,7 @@ def recovery(workdir: Path) -> float:
                     raise SystemExit("bench: the killed worker's page was not resumed within 60 s")
                 time.sleep(0.05)
         finally:
-            for process in (successor, doomed, beat):
+            for process in (successor, doomed, beat, maintenance):
                 if process is not None:
                     process.stop()
 

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ops import topology
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 PYTHON = sys.executable
@@ -228,53 +230,28 @@ def run() -> int:
         ):
             if subprocess.run(manage + step, env=env, cwd=ROOT).returncode != 0:
                 return 1
-        celery = [PYTHON, "-m", "celery", "-A", "config"]
         web_port = int(env.get("BOOKRENDER_WEB_PORT", "8000"))
         flower_port = int(env.get("BOOKRENDER_FLOWER_PORT", "5555"))
-        stack.start(
-            "web",
-            [*manage, "runserver", f"127.0.0.1:{web_port}", "--noreload"],
-            env,
-            logs / "web.log",
-        )
-        stack.start(
-            "worker",
-            [*celery, "worker", "--queues", "celery", "--loglevel", "INFO", "--hostname", "worker@%h"],
-            env,
-            logs / "worker.log",
-        )
-        # The sweeper and the prober get a worker of their own, so long renders never delay them.
-        stack.start(
-            "maintenance",
-            [
-                *celery,
-                "worker",
-                "--queues",
-                "maintenance",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                "maintenance@%h",
-            ],
-            env,
-            logs / "maintenance.log",
-        )
-        stack.start(
-            "beat",
-            [*celery, "beat", "--loglevel", "INFO", "--schedule", str(VAR / "celerybeat-schedule")],
-            env,
-            logs / "beat.log",
-        )
-        stack.start(
-            "flower",
-            [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
-            env,
-            logs / "flower.log",
-        )
         health_port = env.get("BOOKRENDER_HEALTH_PORT", "9090")
-        stack.start("health", [PYTHON, "-m", "ops.healthserver", "--port", health_port], env, logs / "health.log")
+        log_level = env.get("BOOKRENDER_LOG_LEVEL", "INFO")
+        # The processes and command lines of the systemd units (ops/topology.py): a render worker,
+        # the maintenance worker (sweeper and prober), beat, Flower and the health server.
+        values = {
+            "web": {"bind": f"127.0.0.1:{web_port}"},
+            "render-worker": {"hostname": "worker0@%h"},
+            "maintenance-worker": {"hostname": "maintenance@%h"},
+            "beat": {"schedule": str(VAR / "celerybeat-schedule")},
+            "flower": {"address": "127.0.0.1", "port": str(flower_port)},
+            "health": {"host": "127.0.0.1", "port": health_port},
+        }
+        # Log names the health server reads (ops/healthserver.py: worker.log, beat.log, ...).
+        log_names = {"render-worker": "worker", "maintenance-worker": "maintenance"}
+        # gunicorn's pool, as the env file sets it (ops/default/bookrender.env).
+        env.setdefault("GUNICORN_CMD_ARGS", "--workers 2 --timeout 60")
+        for name, role_values in values.items():
+            argv = topology.argv(name, log_level=log_level, **role_values)
+            log_name = log_names.get(name, name)
+            stack.start(log_name, argv, env, logs / f"{log_name}.log")
         wait_http(f"http://127.0.0.1:{web_port}/accounts/login/", 30)
         flower_login = env["FLOWER_BASIC_AUTH"].replace(":", " / ", 1)
         print(

@@ -252,7 +252,7 @@ def web_service() -> Service:
 
     def find_process(processes: list[Process]) -> int | None:
         for pid, args in processes:
-            # make run: manage.py runserver 127.0.0.1:<port>; systemd: gunicorn --bind 127.0.0.1:<port>
+            # make run and systemd: gunicorn --bind 127.0.0.1:<port>; by hand: manage.py runserver 127.0.0.1:<port>
             line = " ".join(args)
             if ("runserver" in line or "gunicorn" in line) and f":{port}" in line:
                 return pid

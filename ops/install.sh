@@ -169,7 +169,7 @@ fi
 system systemctl daemon-reload
 if [ "$START" = 1 ]; then
   # Order is the units' business (After=/Requires=); this only says what should run.
-  units=(bookrender.target bookrender-web.service bookrender-beat.service bookrender-flower.service bookrender-health.service)
+  units=(bookrender.target bookrender-web.service bookrender-maintenance.service bookrender-beat.service bookrender-flower.service bookrender-health.service)
   for gpu in $CUI_GPUS; do
     units+=("comfyui@$gpu.service" "bookrender-worker@$gpu.service")
   done

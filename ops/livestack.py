@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+from ops import topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +59,7 @@ class Process:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log_path = name, log
+        self.hostname = ""  # a Celery worker's node name, as its pings answer
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
@@ -89,50 +92,42 @@ class Process:
 
 
 def start_worker(
-    *, env: dict[str, str], log: Path, concurrency: int, queues: str = "celery,maintenance", wait: bool = True
+    *, env: dict[str, str], log: Path, concurrency: int, wait: bool = True, hostname: str | None = None
 ) -> Process:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
-        "--queues",
-        queues,
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        f"live-{time.monotonic_ns()}@%h",
-    ]
-    worker = Process("worker", argv, env, log)
-    deadline = time.monotonic() + 40
-    while wait and "ready." not in worker.log():
-        if not worker.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the worker did not start:\n{worker.log()[-3000:]}")
-        time.sleep(0.1)
+    """A render worker, as bookrender-worker@.service runs it: the render queue only, its pool
+    size from CELERY_WORKER_CONCURRENCY."""
+    name = hostname or f"live-{time.monotonic_ns()}@%h"
+    argv = topology.argv("render-worker", log_level="INFO", hostname=name)
+    worker = Process("worker", argv, {**env, "CELERY_WORKER_CONCURRENCY": str(concurrency)}, log)
+    worker.hostname = name.replace("%h", socket.gethostname())
+    if wait:
+        wait_ready(worker)
     return worker
 
 
+def start_maintenance_worker(
+    *, env: dict[str, str], log: Path, wait: bool = True, hostname: str | None = None
+) -> Process:
+    """The maintenance worker, as bookrender-maintenance.service runs it: the sweeper and the
+    prober, one process."""
+    name = hostname or f"live-maintenance-{time.monotonic_ns()}@%h"
+    worker = Process("maintenance", topology.argv("maintenance-worker", log_level="INFO", hostname=name), env, log)
+    worker.hostname = name.replace("%h", socket.gethostname())
+    if wait:
+        wait_ready(worker)
+    return worker
+
+
+def wait_ready(worker: Process, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while "ready." not in worker.log():
+        if not worker.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the {worker.name} did not start:\n{worker.log()[-3000:]}")
+        time.sleep(0.1)
+
+
 def start_beat(*, env: dict[str, str], log: Path, sweep_interval: float = 1.0) -> Process:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        str(log.with_suffix(".schedule")),
-    ]
+    argv = topology.argv("beat", log_level="INFO", schedule=str(log.with_suffix(".schedule")))
     return Process("beat", argv, {"BOOKRENDER_SWEEP_INTERVAL_SEC": str(sweep_interval), **env}, log)
 
 

@@ -63,7 +63,7 @@ for link in "$SYSTEMD_DIR"/bookrender.target.wants/bookrender-worker@*.service \
     units+=("$(basename "$link")")
   fi
 done
-units+=(bookrender-web.service bookrender-beat.service bookrender-flower.service bookrender-health.service bookrender-migrate.service)
+units+=(bookrender-web.service bookrender-maintenance.service bookrender-beat.service bookrender-flower.service bookrender-health.service bookrender-migrate.service)
 system systemctl disable --now "${units[@]}"
 
 # --- 2. the files install.sh put in place ---------------------------------------------------------

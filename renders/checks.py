@@ -93,6 +93,18 @@ def check_celery(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
                 id="renders.E013",
             )
         )
+    # A retry's message waits out its backoff in a worker, unacknowledged (a countdown): Redis
+    # hands it to another worker once the visibility timeout passes, so the page would run twice.
+    longest_backoff = max(settings.COMFY_RETRY_BACKOFF_SEC) * 1.1  # with its jitter
+    if longest_backoff >= visibility:
+        messages.append(
+            Error(
+                f"the longest COMFY_RETRY_BACKOFF_SEC ({max(settings.COMFY_RETRY_BACKOFF_SEC):g} s, "
+                f"{longest_backoff:g} s with jitter) must be below CELERY_VISIBILITY_TIMEOUT ({visibility})",
+                hint="Redis redelivers a message held longer than the visibility timeout: the retry would run twice.",
+                id="renders.E020",
+            )
+        )
     if not settings.CELERY_TASK_ACKS_LATE:
         messages.append(
             Warning(

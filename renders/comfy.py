@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -27,6 +28,10 @@ _OOM_TYPES = {"torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"}
 _OOM_TIP = "This error means you ran out of memory on your GPU"
 # Run-time errors caused by the job's own input: running it again changes nothing.
 _INPUT_ERROR_TYPES = {"PIL.UnidentifiedImageError", "FileNotFoundError"}
+# How a graph error's details name the node (API.md §2).
+_NODE_ID_DETAILS = re.compile(r"Node ID '#([^']+)'")
+# The largest image /view may send: a 4096x4096 16-bit RGBA PNG is 128 MiB uncompressed.
+DEFAULT_MAX_IMAGE_BYTES = 128 * MB
 
 
 class ErrorKind(StrEnum):
@@ -191,6 +196,7 @@ class ComfyClient:
         poll_interval: float = 2.0,
         unreachable_grace: float = 10.0,
         client_id: str | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -198,6 +204,7 @@ class ComfyClient:
         # How long a prompt's server may stay unreachable during a wait before we give up on it.
         self.unreachable_grace = unreachable_grace
         self.client_id = client_id or new_client_id()
+        self.max_image_bytes = max_image_bytes
         self._session = _session_for(self.base_url)
         self._jobs_api: bool | None = None
         self._stats: tuple[float, SystemStats] | None = None  # (monotonic time, reading)
@@ -213,10 +220,21 @@ class ComfyClient:
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
+        stream: bool = False,
     ) -> requests.Response:
         url = self.base_url + path
         try:
-            response = self._session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
+            # No redirects: ComfyUI's API never sends one, and following it would take our request
+            # (and a /view body) to whatever host it names.
+            response = self._session.request(
+                method,
+                url,
+                json=body,
+                params=params,
+                timeout=timeout or self.timeout,
+                allow_redirects=False,
+                stream=stream,
+            )
         except requests.Timeout as exc:
             # The request may have arrived: the caller decides whether to look before repeating it.
             raise self._error(
@@ -323,7 +341,17 @@ class ComfyClient:
                 message = f"{first.get('message', message)}: {first.get('details', '')}".rstrip(": ")
             break
         else:
-            if error.get("details"):
+            # A graph error names its node only in details ("Node ID '#2'"), or in extra_info on
+            # newer servers (API.md §2): keep the node id, and the message readable.
+            extra = error.get("extra_info") if isinstance(error.get("extra_info"), dict) else {}
+            match = _NODE_ID_DETAILS.fullmatch(str(error.get("details") or "").strip())
+            if extra.get("node_id") is not None:
+                node_id, node_type = str(extra["node_id"]), _str_or_none(extra.get("class_type"))
+            elif match:
+                node_id = match.group(1)
+            if node_id is not None:
+                message = f"{message.rstrip('.')} (node {node_id})"
+            elif error.get("details"):
                 message = f"{message}: {error['details']}"
         return self._error(
             ErrorKind.VALIDATION,
@@ -347,22 +375,31 @@ class ComfyClient:
         if not isinstance(item, dict) or not isinstance(item.get("status"), dict):
             raise self._protocol("history entry", item)
         status = item["status"]
-        messages = [m for m in status.get("messages") or [] if isinstance(m, list) and len(m) == 2]
-        by_name = {name: data for name, data in messages if isinstance(data, dict)}
+        raw_messages = status.get("messages") or []
+        if not isinstance(raw_messages, list):
+            raise self._protocol("history status messages", raw_messages)
+        messages = [m for m in raw_messages if isinstance(m, list) and len(m) == 2]
+        by_name = {name: data for name, data in messages if isinstance(name, str) and isinstance(data, dict)}
+        raw_outputs = item.get("outputs") or {}
+        if not isinstance(raw_outputs, dict):
+            raise self._protocol("history outputs", raw_outputs)
         outputs: list[OutputImage] = []
-        for node_id, output in (item.get("outputs") or {}).items():
-            for image in (output or {}).get("images") or []:
-                try:
-                    outputs.append(
-                        OutputImage(
-                            str(node_id),
-                            str(image["filename"]),
-                            str(image.get("subfolder", "")),
-                            str(image.get("type", "output")),
-                        )
+        for node_id, output in raw_outputs.items():
+            if output is None:
+                continue  # a node that wrote nothing
+            if not isinstance(output, dict) or not isinstance(output.get("images") or [], list):
+                raise self._protocol("history output", output)
+            for image in output.get("images") or []:
+                if not isinstance(image, dict) or "filename" not in image:
+                    raise self._protocol("history output", output)
+                outputs.append(
+                    OutputImage(
+                        str(node_id),
+                        str(image["filename"]),
+                        str(image.get("subfolder", "")),
+                        str(image.get("type", "output")),
                     )
-                except (KeyError, TypeError):
-                    raise self._protocol("history output", output) from None
+                )
         started = by_name.get("execution_start", {}).get("timestamp")
         error: ComfyError | None = None
         if status.get("status_str") == "success" and status.get("completed"):
@@ -509,13 +546,30 @@ class ComfyClient:
                 "type": image.type,
             },
             ok=(200, 404),
+            stream=True,
         )
-        if response.status_code == 404:
-            raise self._error(
-                ErrorKind.PROTOCOL,
-                f"ComfyUI listed {image.subfolder}/{image.filename} but /view has no such file",
-            )
-        return response.content
+        with response:
+            if response.status_code == 404:
+                raise self._error(
+                    ErrorKind.PROTOCOL,
+                    f"ComfyUI listed {image.subfolder}/{image.filename} but /view has no such file",
+                )
+            # Stop one chunk past max_image_bytes, whatever Content-Length says (or leaves out).
+            body = bytearray()
+            try:
+                for chunk in response.iter_content(chunk_size=1024 * 1024):
+                    body += chunk
+                    if len(body) > self.max_image_bytes:
+                        raise self._error(
+                            ErrorKind.PROTOCOL,
+                            f"/view sent more than {self.max_image_bytes / MB:g} MB for "
+                            f"{image.subfolder}/{image.filename} (the limit is COMFY_MAX_IMAGE_MB)",
+                        )
+            except requests.RequestException as exc:
+                raise self._error(
+                    ErrorKind.UNAVAILABLE, f"cannot read /view for {image.filename}: {type(exc).__name__}"
+                ) from exc
+        return bytes(body)
 
     # --- newer servers: /api/jobs (API.md §12) ------------------------------------------------
 
@@ -613,6 +667,7 @@ class PromptWatcher:
         timeout: float,
         on_tick: Callable[[], None] | None = None,
         tick_interval: float = 1.0,
+        limit: str | None = None,
     ) -> WaitResult:
         """Wait for our prompt to end and return its history entry.
 
@@ -622,7 +677,9 @@ class PromptWatcher:
            /history ourselves: events missed while disconnected are never replayed (§10.1).
         3. A prompt that is neither queued, running nor in history was lost (ComfyUI restarted).
         4. ``on_tick`` runs about every ``tick_interval`` (the caller renews its lease there, and
-           may raise to stop waiting); past ``timeout`` a ComfyError(TIMEOUT) is raised.
+           may raise to stop waiting); past ``timeout`` a ComfyError(TIMEOUT) is raised. Its
+           message names ``limit`` ("COMFY_RENDER_TIMEOUT_SEC (300 s)") when the caller passes
+           what is left of a longer limit as ``timeout``.
         """
         client = self.client
         state = _WaitState()
@@ -638,7 +695,7 @@ class PromptWatcher:
             if now >= deadline:
                 raise client._error(
                     ErrorKind.TIMEOUT,
-                    f"prompt {prompt_id} did not finish within {timeout:g} s",
+                    f"prompt {prompt_id} did not finish within {limit or f'{timeout:g} s'}",
                     details={"history_attempts": state.history_attempts},
                 )
             if self._ws is None and now >= reconnect_at:

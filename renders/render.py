@@ -25,7 +25,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from PIL import Image
 
-from renders.comfy import ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
+from renders.comfy import MB, ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
 from renders.gpu import local_gpu_index, nvml_read
 from renders.lease import KEEPER, Claim, ClaimLost, Superseded, db_now
 from renders.models import ComfyInstance, RenderAttempt
@@ -76,6 +76,7 @@ def comfy_client(instance_url: str) -> ComfyClient:
             instance_url,
             timeout=settings.COMFY_HTTP_TIMEOUT_SEC,
             poll_interval=settings.COMFY_POLL_INTERVAL_SEC,
+            max_image_bytes=settings.COMFY_MAX_IMAGE_MB * MB,
         )
     return client
 
@@ -287,6 +288,7 @@ def _wait_and_finish(
         timeout=max(1.0, remaining),
         on_tick=claim.check,
         tick_interval=CHECK_INTERVAL_SEC,
+        limit=f"COMFY_RENDER_TIMEOUT_SEC ({settings.COMFY_RENDER_TIMEOUT_SEC:g} s)",
     )
     return _finish_entry(claim, record, client, result, telemetry)
 

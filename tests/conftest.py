@@ -23,6 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("BOOKRENDER_REQUIRE_POSTGRES") and "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
         raise pytest.UsageError("BOOKRENDER_REQUIRE_POSTGRES is set but the tests are not using PostgreSQL")
+    # The live tests own every worker on their broker: one of another stack (another `make test`,
+    # a `make run`) would take their messages and answer their pings.
+    from config.celery import app
+    from ops.devstack import redis_answers
+
+    if not redis_answers(settings.CELERY_BROKER_URL):
+        return  # no broker: the tests that need one say so themselves
+    strangers = sorted(name for reply in app.control.ping(timeout=1) or [] for name in reply)
+    if strangers:
+        raise pytest.UsageError(
+            f"Celery workers already answer on the tests' broker {settings.CELERY_BROKER_URL}: "
+            f"{', '.join(strangers)}. Stop them, or give this run a Redis database of its own (REDIS_URL)."
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +105,7 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start real Celery workers: ``start_worker(COMFYUI_URLS=sim.url, concurrency=2)``."""
+    """Start real render workers: ``start_worker(COMFYUI_URLS=sim.url, concurrency=2)``."""
     started: list[Process] = []
 
     def start(concurrency: int = 2, wait_ready: bool = True, **env: str) -> Process:
@@ -108,20 +121,22 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 @pytest.fixture
 def start_beat(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start a real `celery beat` (it runs the sweeper every BOOKRENDER_SWEEP_INTERVAL_SEC)."""
+    """Start a real `celery beat` and the maintenance worker that runs what it schedules (the
+    sweeper every BOOKRENDER_SWEEP_INTERVAL_SEC, and the prober), as the units do."""
     started: list[Process] = []
 
     def start(**env: str) -> Process:
         interval = float(env.pop("BOOKRENDER_SWEEP_INTERVAL_SEC", "1"))
-        beat = livestack.start_beat(
-            env=service_env(**env), log=tmp_path / f"beat-{len(started)}.log", sweep_interval=interval
-        )
+        env_for_both = service_env(BOOKRENDER_SWEEP_INTERVAL_SEC=str(interval), **env)
+        count = len(started)
+        started.append(livestack.start_maintenance_worker(env=env_for_both, log=tmp_path / f"maintenance-{count}.log"))
+        beat = livestack.start_beat(env=env_for_both, log=tmp_path / f"beat-{count}.log", sweep_interval=interval)
         started.append(beat)
         return beat
 
     yield start
-    for beat in started:
-        beat.stop()
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture
@@ -140,12 +155,44 @@ def broker() -> Iterator[None]:
     client.flushdb()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, message: str = "") -> Any:
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own as the Celery broker: no worker of another test, another stack
+    or another `make test` on this host can answer its pings or take its messages."""
+    from config.celery import app
+    from ops.devstack import free_port, start_embedded_redis
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    process = start_embedded_redis(port, tmp_path / "own-redis")
+    old = app.conf.broker_url
+    app.conf.broker_url = url
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None
+    try:
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+        app.conf.broker_url = old
+        app._pool = None  # type: ignore[attr-defined]
+        app.amqp._producer_pool = None
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str | Callable[[], str] = "",
+) -> Any:
+    """Wait for ``condition`` to hold; ``message`` (or a function that writes it, called at the
+    timeout, so it tells the state then and not at the start) explains a timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(message or f"timed out after {timeout} s waiting for {condition}")
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"timed out after {timeout} s waiting for {condition}")
         time.sleep(interval)

@@ -39,6 +39,11 @@ def test_the_default_configuration_passes_its_checks():
         ("COMFY_RETRY_BACKOFF_SEC", "15,soon,90", "comma-separated numbers"),
         ("COMFY_ALLOW_PARALLEL_PAGES", "maybe", "expected true or false"),
         ("COMFY_RENDER_TIMEOUT_SEC", "0", "must be at least 1"),
+        ("COMFY_LEASE_SEC", "nan", "expected a finite number"),
+        ("COMFY_LEASE_SEC", "inf", "expected a finite number"),
+        ("COMFY_RENDER_TIMEOUT_SEC", "Infinity", "expected a finite number"),
+        ("COMFY_RETRY_BACKOFF_SEC", "15,nan", "expected finite numbers"),
+        ("COMFY_MAX_IMAGE_MB", "0", "must be at least 1"),
         ("COMFYUI_URLS", "localhost:8188", "is not an http(s) base URL"),
         ("REDIS_URL", "http://127.0.0.1:6379", "redis://"),
         ("DATABASE_URL", "nonsense://", "not a database URL"),
@@ -68,6 +73,13 @@ def test_it_refuses_contradictory_celery_time_limits():
 def test_it_refuses_a_visibility_timeout_shorter_than_the_hard_limit():
     result = manage_check(CELERY_VISIBILITY_TIMEOUT="60")
     assert "renders.E012" in result.stderr and result.returncode != 0
+
+
+def test_it_refuses_a_backoff_as_long_as_the_visibility_timeout():
+    result = manage_check(COMFY_RETRY_BACKOFF_SEC="15,4000", CELERY_VISIBILITY_TIMEOUT="4000")
+    assert "renders.E020" in result.stderr and result.returncode != 0
+    assert "COMFY_RETRY_BACKOFF_SEC" in result.stderr and "CELERY_VISIBILITY_TIMEOUT (4000)" in result.stderr
+    assert "renders.E020" not in manage_check(COMFY_RETRY_BACKOFF_SEC="15,3000").stderr
 
 
 def test_it_refuses_a_task_limit_shorter_than_the_render_timeout():

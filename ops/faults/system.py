@@ -1,6 +1,6 @@
 """A live bookrender for one fault scenario: ComfyUI simulators, a render worker, a maintenance
-worker (sweeper and prober, as ``make run`` runs them) and Celery beat, on the database and Redis
-this process uses. Everything it starts, it stops; logs go to the scenario's folder."""
+worker (sweeper and prober) and Celery beat, started as the units start them (ops/topology.py),
+on the database and Redis this process uses. Everything it starts, it stops; logs go to the scenario's folder."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class LiveSystem:
 
     def start_worker(self, *, concurrency: int = 2, wait: bool = True) -> livestack.Process:
         log = self.workdir / f"worker-{len(self.workers)}.log"
-        worker = livestack.start_worker(env=self.env, log=log, concurrency=concurrency, queues="celery", wait=wait)
+        worker = livestack.start_worker(env=self.env, log=log, concurrency=concurrency, wait=wait)
         self.workers.append(worker)
         return worker
 
@@ -77,9 +77,7 @@ def live_system(
         ledger = SubmissionLedger(simulators).start()
         stack.callback(ledger.stop)
         system = LiveSystem(workdir=workdir, sims=simulators, env=child_env, ledger=ledger)
-        system.maintenance = livestack.start_worker(
-            env=child_env, log=workdir / "maintenance.log", concurrency=1, queues="maintenance"
-        )
+        system.maintenance = livestack.start_maintenance_worker(env=child_env, log=workdir / "maintenance.log")
         stack.callback(system.maintenance.stop)
         system.beat = livestack.start_beat(env=child_env, log=workdir / "beat.log", sweep_interval=SWEEP_INTERVAL_SEC)
         stack.callback(system.beat.stop)

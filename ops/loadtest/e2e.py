@@ -35,7 +35,7 @@ from typing import Any
 
 import django
 
-from ops import livestack
+from ops import livestack, topology
 from ops.devstack import free_port, wait_http
 from ops.loadtest.stats import distribution
 
@@ -197,21 +197,20 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for n, sim in enumerate(sims):
             sim.set_faults(seed=args.seed * 1000 + n)
         env = livestack.use_instances([s.url for s in sims])
-        for name, queues, concurrency in (("maintenance", "maintenance", 1), ("worker", "celery", 2 * args.instances)):
-            process = livestack.start_worker(
-                env=env, log=workdir / f"{name}.log", concurrency=concurrency, queues=queues
-            )
-            stack.callback(process.stop)
+        maintenance = livestack.start_maintenance_worker(env=env, log=workdir / "maintenance.log")
+        stack.callback(maintenance.stop)
+        worker = livestack.start_worker(env=env, log=workdir / "worker.log", concurrency=2 * args.instances)
+        stack.callback(worker.stop)
         beat = livestack.start_beat(env=env, log=workdir / "beat.log", sweep_interval=3.0)
         stack.callback(beat.stop)
         port = free_port()
+        # The unit's command line; the pool through GUNICORN_CMD_ARGS, as the env file sets it.
         web = livestack.Process(
             "web",
-            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--threads", "4", "--worker-class", "gthread"],
-            env,
+            topology.argv("web", bind=f"127.0.0.1:{port}", log_level="INFO"),
+            {**env, "GUNICORN_CMD_ARGS": "--workers 2 --threads 4 --worker-class gthread"},
             workdir / "web.log",
-        )  # fmt: skip
+        )
         stack.callback(web.stop)
         base_url = f"http://127.0.0.1:{port}"
         if not wait_http(base_url + "/accounts/login/", 30):

@@ -69,7 +69,7 @@ def test_render_time_is_spent_in_the_slow_node_with_progress(start_sim, connect)
     entry = run(sim, image_graph("timed"), client_id="timed")
     elapsed = time.monotonic() - started
 
-    assert 0.5 <= elapsed < 1.5
+    assert elapsed >= 0.5
     start, end = entry["status"]["messages"][0][1]["timestamp"], entry["status"]["messages"][-1][1]["timestamp"]
     assert end - start >= 500
     progress = [m["data"] for m in ws.json_messages() if m["type"] == "progress"]
@@ -281,26 +281,28 @@ def test_crash_after_kills_the_process_mid_render_of_the_nth_prompt(start_sim):
     assert run(sim, image_graph("third"))["status"]["status_str"] == "success"
 
 
+# A slowed route takes at least the delay; a route answering in less than the delay was not
+# slowed. The delay is the trigger, so no bound below it depends on how busy the machine is.
 def test_history_delay_slows_only_history(start_sim):
-    sim = start_sim("--render-time", "0", "--history-delay", "0.3")
+    sim = start_sim("--render-time", "0", "--history-delay", "2")
     prompt_id = sim.submit(image_graph("slow-history"))["prompt_id"]
     started = time.monotonic()
     sim.get(f"/history/{prompt_id}")
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 2
     started = time.monotonic()
     sim.get("/queue")
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 2
 
 
 def test_latency_slows_every_comfyui_route_but_not_the_controls(start_sim):
     sim = start_sim("--render-time", "0")
-    sim.set_faults(latency=0.25)
+    sim.set_faults(latency=2)
     started = time.monotonic()
     sim.get("/prompt")
-    assert time.monotonic() - started >= 0.25
+    assert time.monotonic() - started >= 2
     started = time.monotonic()
     sim.stats()
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 2
 
 
 def test_vram_drops_while_a_prompt_runs_and_free_restores_it(start_sim):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-APP = ["migrate", "web", "worker", "beat", "flower", "comfysim"]
+APP = ["migrate", "web", "worker", "maintenance", "beat", "flower", "comfysim"]
 DOCKERIGNORE = [
     line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in ("#", "")
 ]
@@ -36,13 +36,15 @@ def commands(service: dict[str, Any]) -> list[list[str]]:
 
 
 def shipped(path: str) -> bool:
-    """In the repository and not left out of the image by .dockerignore."""
+    """In the repository and not left out of the image by .dockerignore (/app is the image's WORKDIR)."""
+    path = path.removeprefix("/app/")
     first = Path(path).parts[0]
     return (ROOT / path).exists() and not any(fnmatch.fnmatch(first, pattern) for pattern in DOCKERIGNORE)
 
 
 def test_it_has_the_services_and_profiles():
-    assert {"postgres", "redis", "web", "worker", "beat", "flower", "comfysim", "comfyui", "migrate"} <= set(SERVICES)
+    apps = {"web", "worker", "maintenance", "beat", "flower", "comfysim", "migrate"}
+    assert {"postgres", "redis", "comfyui", *apps} <= set(SERVICES)
     assert SERVICES["comfysim"]["profiles"] == ["simulator"]
     assert SERVICES["comfyui"]["profiles"] == ["gpu"]
 
@@ -114,8 +116,8 @@ def test_healthchecks_ask_urls_the_project_serves():
     assert "/healthcheck" in " ".join(SERVICES["flower"]["healthcheck"]["test"])  # Flower's own
 
 
-# Variables that Flower reads itself (README, configuration).
-OTHER_PROGRAMS = {"FLOWER_BASIC_AUTH"}
+# Variables that Flower and gunicorn read themselves (README, configuration).
+OTHER_PROGRAMS = {"FLOWER_BASIC_AUTH", "GUNICORN_CMD_ARGS"}
 
 
 def test_every_app_variable_is_one_bookrender_reads():
@@ -132,7 +134,7 @@ def test_every_interpolated_variable_is_documented_in_the_header():
 
 
 def test_app_services_wait_for_the_database_broker_and_migrations():
-    for name in ("web", "worker", "beat", "flower"):
+    for name in ("web", "worker", "maintenance", "beat", "flower"):
         depends = SERVICES[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"

@@ -120,12 +120,12 @@ def test_redis_and_the_database_answer(db, capsys):
     assert [r["service"] for r in report["results"]] == ["redis", "database"]
 
 
-def test_no_worker_answering_is_critical(capsys):
+def test_no_worker_answering_is_critical(capsys, own_broker):
     code, report = check(capsys, "--service", "celery", "--dry-run")
     assert code == 2 and "no Celery worker answered" in report["results"][0]["message"]
 
 
-def test_on_a_managed_host_each_gpu_needs_its_own_worker(capsys, monkeypatch):
+def test_on_a_managed_host_each_gpu_needs_its_own_worker(capsys, monkeypatch, own_broker):
     monkeypatch.setenv("CUI_GPUS", "0 1")
     code, report = check(capsys, "--service", "celery", "--dry-run")
     assert code == 2
@@ -135,10 +135,12 @@ def test_on_a_managed_host_each_gpu_needs_its_own_worker(capsys, monkeypatch):
     ]
 
 
-def test_a_running_worker_answers(start_worker, simulator, capsys, broker):
-    start_worker(COMFYUI_URLS=simulator.url, concurrency=1)
+def test_a_running_worker_answers(start_worker, simulator, capsys, own_broker):
+    worker = start_worker(COMFYUI_URLS=simulator.url, concurrency=1, CELERY_BROKER_URL=own_broker)
     code, report = check(capsys, "--service", "celery")
-    assert code == 0 and "answered" in report["results"][0]["message"]
+    [result] = report["results"]
+    assert code == 0 and result["value"] == 1  # ours, and no other
+    assert result["message"] == f"1 answered: {worker.hostname}"
 
 
 def test_stuck_pages_are_a_warning(alice, capsys):
@@ -274,13 +276,14 @@ def test_without_a_webhook_the_alert_is_logged(dead_instance, capsys, monkeypatc
 def test_a_hanging_webhook_never_holds_the_check_up(webhook: Webhook, dead_instance, capsys, monkeypatch):
     monkeypatch.setenv("BOOKRENDER_ALERT_WEBHOOK_URL", webhook.url)
     monkeypatch.setattr(alerts, "DEADLINE_SEC", 0.5)
-    webhook.delay = 3
+    webhook.delay = 6
     started = time.monotonic()
     with override_settings(COMFYUI_URLS=[dead_instance]):
         code = main(["--service", "comfyui"])
     captured = capsys.readouterr()
 
-    assert code == 2 and time.monotonic() - started < 2.5
+    # Waiting for the webhook would take its whole delay: less than that means it was abandoned.
+    assert code == 2 and time.monotonic() - started < webhook.delay
     assert "does not answer" in captured.out
     assert '"event": "alert.abandoned"' in captured.err
 

@@ -59,7 +59,13 @@ def test_a_dry_run_on_the_real_root_lists_users_and_systemctl():
         assert f"--shell /usr/sbin/nologin {user}" in result.stdout or f"user {user} exists" in result.stdout
     assert "would run: systemctl daemon-reload" in result.stdout
     enable = next(line for line in result.stdout.splitlines() if "systemctl enable --now" in line)
-    for name in ("bookrender.target", "comfyui@0.service", "bookrender-worker@0.service", "comfyui-monitor.timer"):
+    for name in (
+        "bookrender.target",
+        "comfyui@0.service",
+        "bookrender-worker@0.service",
+        "bookrender-maintenance.service",
+        "comfyui-monitor.timer",
+    ):
         assert name in enable
 
 

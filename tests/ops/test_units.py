@@ -63,6 +63,7 @@ def test_every_unit_is_shipped():
         "comfyui-logrotate.timer",
         "bookrender-web.service",
         "bookrender-worker@.service",
+        "bookrender-maintenance.service",
         "bookrender-beat.service",
         "bookrender-flower.service",
         "bookrender-health.service",
@@ -134,7 +135,13 @@ def test_every_service_runs_unprivileged_with_limits(unit: Path):
 
 
 def test_long_running_services_restart_within_limits():
-    for name in ("comfyui@.service", "bookrender-web.service", "bookrender-worker@.service", "bookrender-beat.service"):
+    for name in (
+        "comfyui@.service",
+        "bookrender-web.service",
+        "bookrender-worker@.service",
+        "bookrender-maintenance.service",
+        "bookrender-beat.service",
+    ):
         text = (SERVICES / name).read_text()
         assert "Restart=on-failure" in text
         assert "StartLimitBurst=5" in text and "StartLimitIntervalSec=600" in text
@@ -152,7 +159,7 @@ def test_bookrender_starts_after_its_database_broker_and_comfyui():
     ):
         assert dependency in after.group(1)
     assert "Requires=bookrender-migrate.service" in worker
-    for name in ("bookrender-web.service", "bookrender-beat.service"):
+    for name in ("bookrender-web.service", "bookrender-maintenance.service", "bookrender-beat.service"):
         text = (SERVICES / name).read_text()
         assert "After=network-online.target redis-server.service postgresql.service bookrender-migrate.service" in text
 

@@ -8,12 +8,13 @@ import socket
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from renders.comfy import ComfyClient, ComfyError, ErrorKind
+from renders.comfy import ComfyClient, ComfyError, ErrorKind, OutputImage
 from renders.workflows import workflow_get
 from tests.conftest import wait_for
 
@@ -332,6 +333,73 @@ def test_a_history_entry_of_the_wrong_shape_is_a_protocol_error():
     assert caught.value.kind is ErrorKind.PROTOCOL
 
 
+SUCCESS = {"status_str": "success", "completed": True, "messages": []}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"status": SUCCESS, "outputs": ["9"]},  # outputs as a list
+        {"status": SUCCESS, "outputs": {"9": ["images"]}},
+        {"status": SUCCESS, "outputs": {"9": {"images": "page.png"}}},
+        {"status": SUCCESS, "outputs": {"9": {"images": [{"name": "page.png"}]}}},
+        {"status": {**SUCCESS, "messages": 5}},
+    ],
+    ids=["outputs-list", "output-list", "images-string", "image-without-filename", "messages-number"],
+)
+def test_a_malformed_history_entry_is_a_protocol_error(canned_server, entry: dict[str, Any]):
+    url = canned_server({"/history/p": (200, {}, json.dumps({"p": entry}).encode())})
+    with pytest.raises(ComfyError) as caught:
+        ComfyClient(url, timeout=5).history("p")
+    assert caught.value.kind is ErrorKind.PROTOCOL and "unexpected shape" in caught.value.message
+
+
+def test_view_reads_no_more_than_the_image_limit(canned_server):
+    url = canned_server({"/view": (200, {}, b"x" * 5000)})
+    client = ComfyClient(url, timeout=5, max_image_bytes=1000)
+    with pytest.raises(ComfyError) as caught:
+        client.view(OutputImage("9", "page.png", "", "output"))
+    assert caught.value.kind is ErrorKind.PROTOCOL and "COMFY_MAX_IMAGE_MB" in caught.value.message
+    assert ComfyClient(url, timeout=5, max_image_bytes=5000).view(OutputImage("9", "page.png", "", "output")) == (
+        b"x" * 5000
+    )
+
+
+def test_a_redirect_is_a_protocol_error_and_is_not_followed(canned_server):
+    elsewhere = canned_server({"/view": (200, {}, b"not ours")})
+    url = canned_server({"/view": (302, {"Location": elsewhere + "/view"}, b"")})
+    with pytest.raises(ComfyError) as caught:
+        ComfyClient(url, timeout=5).view(OutputImage("9", "page.png", "", "output"))
+    assert caught.value.kind is ErrorKind.PROTOCOL and "302" in caught.value.message
+    assert canned_server.requests == ["/view"]  # the second server was never asked
+
+
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        ({"class_type": "NoSuchNode", "inputs": {}}, "Cannot execute because node NoSuchNode does not exist (node 2)"),
+        ({"inputs": {}}, "Cannot execute because a node is missing the class_type property (node 2)"),
+    ],
+)
+def test_a_graph_error_keeps_its_node_id(simulator, node: dict[str, Any], says: str):
+    with pytest.raises(ComfyError) as caught:
+        client_for(simulator).submit({"2": node}, prompt_id=str(uuid.uuid4()))
+    assert caught.value.kind is ErrorKind.VALIDATION
+    assert caught.value.node_id == "2" and caught.value.message == says
+
+
+def test_the_timeout_message_names_the_limit_not_what_was_left_of_it(simulator):
+    client = client_for(simulator)
+    prompt_id = str(uuid.uuid4())
+    with client.watch() as watcher:
+        client.submit(page_graph("a page [sim:hang]"), prompt_id=prompt_id)
+        with pytest.raises(ComfyError) as caught:
+            watcher.wait(prompt_id, timeout=1.25, limit="COMFY_RENDER_TIMEOUT_SEC (600 s)")
+    assert caught.value.kind is ErrorKind.TIMEOUT
+    assert caught.value.message == f"prompt {prompt_id} did not finish within COMFY_RENDER_TIMEOUT_SEC (600 s)"
+    client.cancel(prompt_id)
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -367,3 +435,43 @@ def silent_server():
     for conn in accepted:
         conn.close()
     server.close()
+
+
+class CannedServer:
+    """HTTP servers that answer each path with a fixed (status, headers, body), and record the
+    paths every one of them was asked for."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.servers: list[ThreadingHTTPServer] = []
+
+    def __call__(self, answers: dict[str, tuple[int, dict[str, str], bytes]]) -> str:
+        requests = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                requests.append(path)
+                status, headers, body = answers.get(path, (404, {}, b""))
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def canned_server():
+    servers = CannedServer()
+    yield servers
+    for server in servers.servers:
+        server.shutdown()
+        server.server_close()

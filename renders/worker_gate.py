@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from celery import bootsteps
+from celery.exceptions import WorkerShutdown
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import DatabaseError, connection
 
@@ -66,7 +67,9 @@ class HealthGate(bootsteps.StartStopStep):
         while not any_instance_healthy(urls):
             if waited % 10 < CHECK_INTERVAL_SEC:
                 log.warning("waiting for ComfyUI", extra={"event": "worker.waiting", "instances": urls})
-            time.sleep(CHECK_INTERVAL_SEC)
+            if self._stop.wait(CHECK_INTERVAL_SEC) or worker_state.should_stop is not None:
+                # SIGTERM while waiting: Celery's handler only sets should_stop; leave at once.
+                raise WorkerShutdown(0)
             waited += CHECK_INTERVAL_SEC
         self._thread = threading.Thread(target=self._watch, args=(worker, urls), name="health-gate", daemon=True)
         self._thread.start()

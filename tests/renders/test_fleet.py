@@ -155,3 +155,15 @@ def test_a_worker_stops_taking_work_while_its_comfyui_is_down_and_resumes_by_its
     wait_for(lambda: "taking render work" in worker.log().split("not taking render work")[-1], timeout=20)
     wait_for(lambda: BookPage.objects.get(pk=page.pk).status == Status.DONE, timeout=30)
     assert BookPage.objects.get(pk=page.pk).retry_count == 0
+
+
+def test_a_worker_waiting_for_comfyui_stops_on_sigterm(start_worker, broker):
+    """Waiting in its start-up gate, a worker still obeys systemd's stop (SIGTERM)."""
+    import signal
+
+    from ops.devstack import free_port
+
+    worker = start_worker(concurrency=1, wait_ready=False, COMFYUI_URLS=f"http://127.0.0.1:{free_port()}")
+    wait_for(lambda: "waiting for ComfyUI" in worker.log(), timeout=60)
+    worker.kill(signal.SIGTERM)
+    wait_for(lambda: not worker.alive(), timeout=60, message="the worker ignored SIGTERM while waiting for ComfyUI")

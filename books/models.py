@@ -65,6 +65,9 @@ class BookPage(models.Model):
     # When the latest wake-up message for this page was published (the sweeper republishes a page
     # that is overdue and has had no message for a while, whatever else the queue holds).
     published_at = models.DateTimeField(null=True, blank=True)
+    # While rendering: ComfyUI's latest progress event, {"value", "max", "node"} (at most one
+    # write a second); cleared when the attempt ends.
+    progress = models.JSONField(null=True, blank=True)
 
     # The chosen version's image (by default the newest success); every success is a PageVersion.
     image = models.FileField(upload_to="pages/", blank=True, max_length=255)

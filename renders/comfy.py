@@ -641,6 +641,8 @@ class PromptWatcher:
     def __init__(self, client: ComfyClient) -> None:
         self.client = client
         self._ws: websocket.WebSocket | None = None
+        # The latest progress event of the prompt waited for: (value, max, node id).
+        self.progress: tuple[int, int, str | None] | None = None
 
     def connect(self) -> None:
         url = self.client.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client.client_id}"
@@ -747,8 +749,13 @@ class PromptWatcher:
             return False
         if not isinstance(frame, str):
             return False  # binary preview frames carry no prompt_id we need
-        if '"executing"' not in frame or prompt_id not in frame:
-            return False  # progress and status messages, most of the traffic: not worth parsing
+        if prompt_id not in frame:
+            return False  # status messages and other prompts': most of the traffic, not worth parsing
+        if '"progress"' in frame:
+            self._read_progress(frame)
+            return False
+        if '"executing"' not in frame:
+            return False
         try:
             message = json.loads(frame)
         except ValueError:
@@ -757,6 +764,17 @@ class PromptWatcher:
             return False
         data = message.get("data")
         return isinstance(data, dict) and data.get("node") is None and data.get("prompt_id") == prompt_id
+
+    def _read_progress(self, frame: str) -> None:
+        """``{"type": "progress", "data": {"value", "max", "node", "prompt_id"}}`` (API.md §10)."""
+        try:
+            message = json.loads(frame)
+            data = message["data"]
+            value, maximum = int(data["value"]), int(data["max"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if message.get("type") == "progress" and maximum > 0:
+            self.progress = (min(value, maximum), maximum, _str_or_none(data.get("node")))
 
     def _poll(self, prompt_id: str, state: _WaitState) -> HistoryEntry | None:
         client = self.client

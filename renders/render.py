@@ -45,6 +45,7 @@ from renders.services import (
     page_fail,
     page_finish,
     page_hand_back,
+    page_progress,
     prompt_id_for,
 )
 from renders.telemetry import telemetry_finalize
@@ -61,6 +62,8 @@ NO_ROOM_WAIT_SEC = 5.0
 NO_ROOM_DEFER_SEC = 2.0
 # How often a wait checks its claim (a flag the lease thread sets; no database call).
 CHECK_INTERVAL_SEC = 0.2
+# Progress is written to the page at most this often (the status page shows it).
+PROGRESS_EVERY_SEC = 1.0
 
 
 # One client per instance per worker process: its HTTP connections and its last /system_stats
@@ -283,10 +286,19 @@ def _wait_and_finish(
 ) -> str:
     started = record.created_at or timezone.now()
     remaining = settings.COMFY_RENDER_TIMEOUT_SEC - (timezone.now() - started).total_seconds()
+    reported: list[Any] = [None, 0.0]  # the progress last written, and when
+
+    def tick() -> None:
+        claim.check()
+        progress = watcher.progress
+        if progress is not None and progress != reported[0] and time.monotonic() - reported[1] >= PROGRESS_EVERY_SEC:
+            page_progress(claim, value=progress[0], maximum=progress[1], node=progress[2])
+            reported[:] = [progress, time.monotonic()]
+
     result: WaitResult = watcher.wait(
         str(record.prompt_id),
         timeout=max(1.0, remaining),
-        on_tick=claim.check,
+        on_tick=tick,
         tick_interval=CHECK_INTERVAL_SEC,
         limit=f"COMFY_RENDER_TIMEOUT_SEC ({settings.COMFY_RENDER_TIMEOUT_SEC:g} s)",
     )

@@ -158,6 +158,7 @@ def pages_cancel(*, page_ids: Sequence[int], by: str) -> list[int]:
                 attempt=page.attempt + 1,
                 status=Status.CANCELLED,
                 claim=None,
+                progress=None,
                 lease_expires_at=None,
                 next_attempt_at=None,
                 published_at=None,
@@ -296,6 +297,11 @@ def _lost(claim: Claim) -> Superseded | ClaimLost:
     return ClaimLost(f"page {claim.page_id} attempt {claim.attempt} is held by another claim now")
 
 
+def page_progress(claim: Claim, *, value: int, maximum: int, node: str | None) -> None:
+    """Record the render's progress (for the status page), while the claim holds the page."""
+    _held(claim).update(progress={"value": value, "max": maximum, "node": node})
+
+
 def claim_renew(claim: Claim) -> None:
     """Renew the claim's lease and slot; raise Superseded or ClaimLost when it is gone."""
     if _held(claim).update(lease_expires_at=db_in(settings.COMFY_LEASE_SEC)) != 1:
@@ -330,6 +336,7 @@ def page_finish(
     with transaction.atomic():
         finished = _held(claim).update(
             status=Status.DONE,
+            progress=None,
             image=stored,
             image_attempt=claim.attempt,
             rendered_at=Now(),
@@ -445,6 +452,7 @@ def page_fail(
             "retry_count": page.retry_count + 1,
             "lease_expires_at": None,
             "claim": None,
+            "progress": None,
             "updated_at": now,
         }
         delay = 0.0
@@ -481,7 +489,12 @@ def page_hand_back(*, claim: Claim) -> bool:
     next worker re-attaches to its prompt on ComfyUI, as after a lapsed lease."""
     with transaction.atomic():
         handed = _held(claim).update(
-            status=Status.QUEUED, lease_expires_at=None, claim=None, next_attempt_at=Now(), published_at=Now()
+            status=Status.QUEUED,
+            lease_expires_at=None,
+            claim=None,
+            progress=None,
+            next_attempt_at=Now(),
+            published_at=Now(),
         )
         if handed:
             _publish_after_commit([claim.page])
@@ -500,6 +513,7 @@ def page_defer(*, claim: Claim, seconds: float, note: str, extra: dict[str, Any]
             status=Status.QUEUED,
             lease_expires_at=None,
             claim=None,
+            progress=None,
             next_attempt_at=db_in(seconds),
             published_at=Now() if settings.COMFY_ALLOW_PARALLEL_PAGES else None,
             job_metadata=meta,
@@ -635,6 +649,7 @@ def page_resume(*, page_id: int, attempt: int, token: uuid.UUID | None) -> bool:
             status=Status.QUEUED,
             lease_expires_at=None,
             claim=None,
+            progress=None,
             next_attempt_at=Now(),
             published_at=Now() if settings.COMFY_ALLOW_PARALLEL_PAGES else None,
             job_metadata=job_metadata,

@@ -463,3 +463,30 @@ def test_cancel_stops_queued_and_rendering_pages_and_their_workers_find_out(page
         services.claim_renew(held)
     assert services.page_claim(page_id=queued.pk, attempt=1) is None  # its message claims nothing
     assert services.page_enqueue(page_id=queued.pk, by="user:1", reason="regenerate").queued
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rendering_page_shows_comfyuis_progress_and_clears_it_when_done(one_slot_book, simulator):
+    import threading
+
+    from django.db import connection
+
+    simulator.set_faults(render_time="4")
+    first, _ = one_slot_book
+    seen: list[dict[str, object]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not seen:
+            progress = BookPage.objects.filter(pk=first.pk).values_list("progress", flat=True).first()
+            if progress:
+                seen.append(progress)
+            time.sleep(0.1)
+        connection.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert render.page_render(page_id=first.pk, attempt=1) == "done"
+    watcher.join()
+    assert seen and 0 <= int(seen[0]["value"]) <= int(seen[0]["max"])  # type: ignore[call-overload]
+    assert BookPage.objects.get(pk=first.pk).progress is None

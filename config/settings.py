@@ -22,8 +22,24 @@ VAR_DIR = Path(env_str("BOOKRENDER_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
+if not SECRET_KEY.strip():
+    error("DJANGO_SECRET_KEY", SECRET_KEY, "is empty: set 50 or more random characters")
+    SECRET_KEY = "dev-only-insecure-key-change-me"  # lets Django start far enough to say so
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS, for `manage.py check --deploy`. Off by default so that a fresh checkout works on plain
+# http://localhost; the production env file (ops/default/bookrender.env) turns each on.
+# TLS ends at the reverse proxy, which must set X-Forwarded-Proto (and strip a client's own).
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Asked over plain HTTP on loopback by the health server and Prometheus, never by a browser.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from books.models import Book, BookPage
 from ops.health import alerts
 from ops.health.checks import check_family, listening_sockets
 from ops.health.cli import main
+from ops.health.logs import logs_setup
 from renders.workflows import workflow_get
 from tests.conftest import service_env
 from tests.ops.conftest import Webhook, World, free_local_gpu_port
@@ -296,3 +298,14 @@ def test_the_script_runs_from_anywhere_and_prints_json(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["service"] == "redis"
+
+
+def test_a_failed_alert_never_logs_the_webhooks_secret_path(dead_instance, monkeypatch):
+    url = f"{dead_instance}/services/T0SECRET/B0SECRET/xoxb-abcdef123456"
+    monkeypatch.setenv("BOOKRENDER_ALERT_WEBHOOK_URL", url)
+    stream = io.StringIO()
+    logs_setup(stream=stream, level="INFO", log_dir=None)
+    assert alerts.alert_post(url, alerts.alert_payload(title="t", problems=[]), tries=1) is False
+    logs = stream.getvalue()
+    assert '"event": "alert.retry"' in logs and "ConnectionError" in logs  # still says what went wrong
+    assert "T0SECRET" not in logs and "xoxb-abcdef123456" not in logs

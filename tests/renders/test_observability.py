@@ -149,3 +149,20 @@ def test_logs_are_json_lines_without_secrets_or_model_paths():
     assert "hunter2" not in line and "/opt/ComfyUI" not in line
     assert "checkpoints/sd_xl.safetensors" in line and "redis://***@db" in line
     assert '"page": 3' in line and '"event": "book.page.done"' in line
+
+
+def test_tokens_and_configured_secrets_never_reach_a_log_line(monkeypatch):
+    monkeypatch.setenv("BOOKRENDER_METRICS_TOKEN", "m3trics-s3cret")
+    monkeypatch.setenv("DATABASE_URL", "postgres://bookrender:pg-pa55word@db/bookrender")
+    record = logging.makeLogRecord(
+        {
+            "msg": "GET https://x.org/hook?token=abc123&page=2 Authorization: Bearer eyJhbGciOi.x "
+            "https://ghp_tok3n@github.com/a failed: password pg-pa55word, metrics m3trics-s3cret",
+            "levelname": "WARNING",
+            "name": "t",
+        }
+    )
+    line = JsonFormatter().format(record)
+    for secret in ("abc123", "eyJhbGciOi", "ghp_tok3n", "pg-pa55word", "m3trics-s3cret"):
+        assert secret not in line, secret
+    assert "page=2" in line and "github.com/a" in line and "token=***" in line

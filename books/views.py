@@ -26,6 +26,7 @@ from books.services import (
     RegenerateError,
     RegenerateResult,
     book_create,
+    book_create_throttle,
     book_regenerate,
     regenerate_throttle,
 )
@@ -94,6 +95,10 @@ def book_new(request: HttpRequest) -> HttpResponse:
     form = BookForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
+        wait = book_create_throttle(user=request.user)
+        if wait:
+            form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
+            return render(request, "books/book_new.html", {"form": form}, status=429)
         try:
             book = book_create(
                 owner=request.user,

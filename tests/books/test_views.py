@@ -14,7 +14,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from books.models import Book, BookPage
-from books.services import MAX_PAGES, REGENERATE_LIMIT
+from books.services import BOOK_CREATE_LIMIT, MAX_PAGES, REGENERATE_LIMIT
+from books.signin import SIGNIN_FAILURES_LIMIT
 from renders.models import RenderAttempt
 from tests.books.conftest import OOM_ERROR, client_for, page_set
 
@@ -371,6 +372,22 @@ def test_a_user_creates_a_book_with_one_page_per_paragraph(alice, alice_client):
     ]
 
 
+def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(alice, alice_client, bob):
+    with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
+        for _ in range(BOOK_CREATE_LIMIT):
+            assert new_book(alice_client, text="A heron at dawn.").status_code == 302
+
+        response = new_book(alice_client, text="One heron too many.")
+
+        assert response.status_code == 429
+        html = response.content.decode()
+        assert "Too many new books: try again in 3600 s." in html and "One heron too many." in html
+        assert Book.objects.filter(owner=alice).count() == BOOK_CREATE_LIMIT
+        assert new_book(client_for(bob), text="Bob's heron.").status_code == 302  # per user
+        clock.shift(3600)
+        assert new_book(alice_client, text="A heron, an hour later.").status_code == 302
+
+
 def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):
     upload = SimpleUploadedFile(
         "pages.json", json.dumps({"pages": ["A heron", {"prompt": "A fox", "width": 512}]}).encode()
@@ -465,6 +482,22 @@ def test_a_wrong_password_is_refused(client, alice):
     response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
     assert response.status_code == 200
     assert "Please enter a correct username and password" in response.content.decode()
+
+
+@pytest.mark.parametrize("login_url", ["/accounts/login/", "/admin/login/"])
+def test_after_five_wrong_passwords_even_the_right_one_waits(client, admin_user, login_url):
+    with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
+        for _ in range(SIGNIN_FAILURES_LIMIT):
+            response = client.post(login_url, {"username": "root", "password": "guess"})
+            assert "correct username and password" in response.content.decode()
+
+        response = client.post(login_url, {"username": "ROOT", "password": "root-password"})
+
+        assert "Too many failed sign-ins for this username: try again in 900 s." in response.content.decode()
+        assert "_auth_user_id" not in client.session
+        clock.shift(900)
+        assert client.post(login_url, {"username": "root", "password": "root-password"}).status_code == 302
+        assert "_auth_user_id" in client.session
 
 
 # --- the admin ---------------------------------------------------------------------------------------

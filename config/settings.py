@@ -185,6 +185,10 @@ BOOKRENDER_FLOWER_PORT = env_int("BOOKRENDER_FLOWER_PORT", 5555, minimum=0)
 BOOKRENDER_HEALTH_PORT = env_int("BOOKRENDER_HEALTH_PORT", 9090, minimum=1)
 # For this long after a process appears, a failing probe reads "starting", not "unhealthy".
 BOOKRENDER_HEALTH_GRACE_SEC = env_float("BOOKRENDER_HEALTH_GRACE_SEC", 30, minimum=0)
+# With a token, every request to the health server needs "Authorization: Bearer <token>".
+BOOKRENDER_HEALTH_TOKEN = env_str("BOOKRENDER_HEALTH_TOKEN", "")
+# Host names the health server answers to besides localhost, 127.0.0.1 and [::1] (DNS rebinding).
+BOOKRENDER_HEALTH_ALLOWED_HOSTS = env_list("BOOKRENDER_HEALTH_ALLOWED_HOSTS", [])
 # ComfyUI's own folder on this machine: a local instance without main.py there is not_installed.
 BOOKRENDER_COMFYUI_DIR = env_str("BOOKRENDER_COMFYUI_DIR", "")
 BOOKRENDER_LOG_DIR = env_str("BOOKRENDER_LOG_DIR", str(VAR_DIR / "logs"))

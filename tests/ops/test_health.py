@@ -309,3 +309,20 @@ def test_a_failed_alert_never_logs_the_webhooks_secret_path(dead_instance, monke
     logs = stream.getvalue()
     assert '"event": "alert.retry"' in logs and "ConnectionError" in logs  # still says what went wrong
     assert "T0SECRET" not in logs and "xoxb-abcdef123456" not in logs
+
+
+@pytest.mark.django_db
+def test_a_comfyui_on_any_port_keeps_the_gpu_index_of_its_record(capsys):
+    from renders.models import ComfyInstance
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # far from 8188 + index: its port says nothing about its GPU
+        sock.listen()
+        port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        ComfyInstance.objects.create(url=url, gpu_index=5)
+        with override_settings(COMFYUI_URLS=[url]):
+            _, report = check(capsys, "--service", "ports")
+
+    held = results(report)[f"comfyui@5 :{port}"]  # checked, under its unit's name, not skipped
+    assert f"port {port} is held by" in held["message"]

@@ -232,11 +232,12 @@ def instance_gpu_indexes() -> dict[str, int]:
 
 def comfyui_services(urls: list[str], *, gpu_indexes: Mapping[str, int] | None = None) -> list[Service]:
     """One `comfyui-<gpu index>` per URL. The index is the instance record's; without one it is
-    port - 8188 (README: one ComfyUI per GPU on 8188 + index); the URL's position when either would
-    be negative or would repeat."""
+    port - 8188 (README: one ComfyUI per GPU on 8188 + index); the URL's position when one would be
+    out of range (no GPU index) or would repeat."""
     known = gpu_indexes or {}
     indexes = [known.get(url, (urlsplit(url).port or 80) - COMFYUI_BASE_PORT) for url in urls]
-    if min(indexes, default=0) < 0 or len(set(indexes)) != len(indexes):
+    # A GPU index is small (local_gpu_index: below 64); port 51625 says nothing about a GPU.
+    if not all(0 <= index < 64 for index in indexes) or len(set(indexes)) != len(indexes):
         indexes = list(range(len(urls)))
     return [comfyui_service(url, index) for url, index in zip(urls, indexes, strict=True)]
 

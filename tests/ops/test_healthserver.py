@@ -423,6 +423,8 @@ def test_comfyui_is_named_by_the_gpu_index_of_its_record():
     )
     assert [s.name for s in services] == ["comfyui-3", "comfyui-1"]
     assert [s.unit for s in services] == ["comfyui@3", "comfyui@1"]
+    # Without a record, a port far from 8188 + index is no GPU index: the position is used.
+    assert [s.name for s in comfyui_services(["http://127.0.0.1:59813"])] == ["comfyui-0"]
 
 
 def test_logs_of_a_unit_without_journal_entries_are_404_with_why(settings, tmp_path, monkeypatch, serve):

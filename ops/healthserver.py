@@ -756,7 +756,10 @@ class Handler(BaseHTTPRequestHandler):
     def _refused(self) -> bool:
         """Answers and returns True when the request names a host we do not answer to (DNS
         rebinding: a page on evil.example whose name now points at 127.0.0.1) or lacks the token."""
-        host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        try:
+            host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        except ValueError:  # "[::1" and the like
+            host = ""
         if host not in self.server.allowed_hosts:
             error = f"Host {host or '(none)'!r} is not allowed here (BOOKRENDER_HEALTH_ALLOWED_HOSTS)"
             self._send(HTTPStatus.BAD_REQUEST, {"error": error})

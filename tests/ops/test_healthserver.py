@@ -321,6 +321,7 @@ def test_it_answers_only_to_its_own_host_names(serve):
     # DNS rebinding: a page on evil.example, whose name now resolves to 127.0.0.1.
     status, body = get("/health", Host="evil.example:9090")
     assert status == 400 and "evil.example" in body["error"]
+    assert get("/health", Host="[::1")[0] == 400  # malformed: refused, not a crash
     assert get("/health", Host="localhost:9090")[0] == 200
     assert get("/health", Host="[::1]:9090")[0] == 200
     assert get("/health")[0] == 200  # 127.0.0.1:<port>

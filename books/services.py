@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max
@@ -22,7 +23,6 @@ MAX_PROMPT_CHARS = 4000
 # failed pages, few enough that a looping script cannot keep the GPUs busy on one book.
 REGENERATE_LIMIT = 10
 REGENERATE_WINDOW_SEC = 60
-BOOK_CREATE_LIMIT = 20
 BOOK_CREATE_WINDOW_SEC = 3600
 
 Status = BookPage.Status
@@ -204,9 +204,12 @@ def regenerate_throttle(*, user: User) -> int:
 
 
 def book_create_throttle(*, user: User) -> int:
-    """Count one new book of ``user``: 0 within BOOK_CREATE_LIMIT an hour, else the seconds to wait.
-    A book is up to MAX_PAGES renders, so this bounds what one account can queue."""
-    return rate_limit_hit(f"book-create:{user.pk}", limit=BOOK_CREATE_LIMIT, window_sec=BOOK_CREATE_WINDOW_SEC)
+    """Count one new book of ``user``: 0 within BOOKRENDER_NEW_BOOKS_PER_HOUR, else the seconds to
+    wait. A book is up to MAX_PAGES renders, so this bounds what one account can queue."""
+    limit = settings.BOOKRENDER_NEW_BOOKS_PER_HOUR
+    if limit == 0:
+        return 0
+    return rate_limit_hit(f"book-create:{user.pk}", limit=limit, window_sec=BOOK_CREATE_WINDOW_SEC)
 
 
 def _pages_phrase(numbers: list[int], *, most: int = 8) -> str:

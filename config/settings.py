@@ -176,6 +176,9 @@ BOOKRENDER_METRICS_TOKEN = env_str("BOOKRENDER_METRICS_TOKEN", "")
 # The instances a worker serves (it takes render work only while one answers); default: all.
 BOOKRENDER_WORKER_INSTANCES = [u.rstrip("/") for u in env_list("BOOKRENDER_WORKER_INSTANCES", [])]
 
+# New books a user may create an hour (a book is up to 500 renders); 0: no limit (the load test).
+BOOKRENDER_NEW_BOOKS_PER_HOUR = env_int("BOOKRENDER_NEW_BOOKS_PER_HOUR", 20, minimum=0)
+
 # --- The dev stack (ops/devstack.py) and CI -------------------------------------------------------
 
 # 0: not run on this machine (the health server then reports it not_configured).

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from books.models import Book, BookPage
-from books.services import BOOK_CREATE_LIMIT, MAX_PAGES, REGENERATE_LIMIT
+from books.services import MAX_PAGES, REGENERATE_LIMIT
 from books.signin import SIGNIN_FAILURES_LIMIT
 from renders.models import RenderAttempt
 from tests.books.conftest import OOM_ERROR, client_for, page_set
@@ -372,9 +372,10 @@ def test_a_user_creates_a_book_with_one_page_per_paragraph(alice, alice_client):
     ]
 
 
-def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(alice, alice_client, bob):
+def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(alice, alice_client, bob, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 3
     with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
-        for _ in range(BOOK_CREATE_LIMIT):
+        for _ in range(3):
             assert new_book(alice_client, text="A heron at dawn.").status_code == 302
 
         response = new_book(alice_client, text="One heron too many.")
@@ -382,10 +383,16 @@ def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(
         assert response.status_code == 429
         html = response.content.decode()
         assert "Too many new books: try again in 3600 s." in html and "One heron too many." in html
-        assert Book.objects.filter(owner=alice).count() == BOOK_CREATE_LIMIT
+        assert Book.objects.filter(owner=alice).count() == 3
         assert new_book(client_for(bob), text="Bob's heron.").status_code == 302  # per user
         clock.shift(3600)
         assert new_book(alice_client, text="A heron, an hour later.").status_code == 302
+
+
+def test_without_a_limit_on_new_books_none_is_refused(alice_client, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 0  # the load test's single user
+    for _ in range(25):
+        assert new_book(alice_client, text="A heron at dawn.").status_code == 302
 
 
 def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):

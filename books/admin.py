@@ -110,6 +110,19 @@ class BookNeedsRegenerationFilter(admin.SimpleListFilter):
         return queryset
 
 
+def save_changed_fields(obj: models.Model, form: forms.ModelForm[Any], *, change: bool) -> None:
+    """Save only the columns the form changed. A full-row save would write back every column as it
+    was when the admin loaded the row, undoing what a worker wrote meanwhile (status, attempt,
+    errors, the image)."""
+    if not change:
+        obj.save()
+        return
+    changed = [name for name in form.changed_data if name in {f.name for f in obj._meta.concrete_fields}]
+    if changed:
+        auto_now = [f.name for f in obj._meta.concrete_fields if getattr(f, "auto_now", False)]
+        obj.save(update_fields=[*changed, *auto_now])
+
+
 # --- books -----------------------------------------------------------------------------------------
 
 
@@ -172,6 +185,15 @@ class BookAdmin(admin.ModelAdmin[Book]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # owners create books on the New book page, which queues their pages
+
+    def save_model(self, request: HttpRequest, obj: Book, form: Any, change: bool) -> None:
+        save_changed_fields(obj, form, change=change)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        """The page inline edits prompts; each page saves only what its row changed."""
+        for page_form in formset.forms:
+            if page_form.instance.pk and page_form.has_changed():
+                save_changed_fields(page_form.instance, page_form, change=True)
 
     @admin.display(description="Progress")
     def progress(self, book: Any) -> SafeString:
@@ -286,6 +308,9 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # pages are created with their book
+
+    def save_model(self, request: HttpRequest, obj: BookPage, form: Any, change: bool) -> None:
+        save_changed_fields(obj, form, change=change)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, page: BookPage) -> SafeString:

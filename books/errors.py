@@ -14,12 +14,26 @@ from collections.abc import Mapping
 _TIMEOUT_SECONDS_RE = re.compile(r"within ([0-9.]+) ?s\b")
 
 
-def error_in_plain_words(entry: Mapping[str, object]) -> str:
+# What a book's owner may see of an ``image_error`` entry. The rest (ComfyUI's URL, the raw
+# message and exception) describes our machines, and is for staff.
+PUBLIC_FIELDS = ("attempt", "kind", "node_id", "node_type", "at")
+
+
+def error_public(entry: Mapping[str, object]) -> dict[str, object]:
+    """The entry without internal URLs and raw exception text, with its meaning in words."""
+    return {
+        **{key: entry[key] for key in PUBLIC_FIELDS if key in entry},
+        "text": error_in_plain_words(entry, internals=False),
+    }
+
+
+def error_in_plain_words(entry: Mapping[str, object], *, internals: bool = True) -> str:
     """One sentence for one ``image_error`` entry, for example
-    "ComfyUI ran out of GPU memory on node 12 (KSampler)"."""
+    "ComfyUI ran out of GPU memory on node 12 (KSampler)". Without ``internals`` (for people who are
+    not staff) it never names a ComfyUI instance or repeats an unknown error's raw message."""
     kind = str(entry.get("kind") or "")
     message = str(entry.get("message") or "").strip()
-    instance = str(entry.get("instance") or "")
+    instance = str(entry.get("instance") or "") if internals else ""
     on_node = f" on {node}" if (node := _node(entry)) else ""
     at_instance = f" at {instance}" if instance else ""
     if kind == "oom":
@@ -45,7 +59,7 @@ def error_in_plain_words(entry: Mapping[str, object]) -> str:
         return f"ComfyUI{at_instance} answered something unreadable"
     if kind == "low_vram":
         return "The GPU never had enough free memory to start this page"
-    return message or "The render failed for an unknown reason"
+    return (message if internals else "") or "The render failed for an unknown reason"
 
 
 def _node(entry: Mapping[str, object]) -> str:

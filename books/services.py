@@ -3,17 +3,16 @@ commands all call these; the render pipeline itself lives in renders/services.py
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Max
 
 from books.models import Book, BookPage
+from books.ratelimit import rate_limit_hit
 from renders.services import pages_enqueue
 from renders.workflows import MAX_SIZE, MIN_SIZE, WorkflowError, workflow_get
 
@@ -24,6 +23,7 @@ MAX_PROMPT_CHARS = 4000
 # failed pages, few enough that a looping script cannot keep the GPUs busy on one book.
 REGENERATE_LIMIT = 10
 REGENERATE_WINDOW_SEC = 60
+BOOK_CREATE_WINDOW_SEC = 3600
 
 Status = BookPage.Status
 
@@ -199,23 +199,17 @@ def book_regenerate(
 
 def regenerate_throttle(*, user: User) -> int:
     """Count one regenerate request of ``user``. Returns 0 while the user is within
-    REGENERATE_LIMIT requests per REGENERATE_WINDOW_SEC, else the seconds until they may ask again.
+    REGENERATE_LIMIT requests per REGENERATE_WINDOW_SEC, else the seconds until they may ask again."""
+    return rate_limit_hit(f"regenerate:{user.pk}", limit=REGENERATE_LIMIT, window_sec=REGENERATE_WINDOW_SEC)
 
-    A fixed window counted in Django's cache: ``add`` then ``incr`` is atomic in Redis and in
-    the per-process local-memory cache. With the local-memory default each web process counts on
-    its own, so the limit is per process until a shared cache (Redis) is configured."""
-    now = time.time()
-    window = int(now // REGENERATE_WINDOW_SEC)
-    key = f"bookrender:regenerate:{user.pk}:{window}"
-    cache.add(key, 0, timeout=REGENERATE_WINDOW_SEC * 2)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # the key expired between add and incr
-        cache.set(key, 1, timeout=REGENERATE_WINDOW_SEC * 2)
-        count = 1
-    if count <= REGENERATE_LIMIT:
+
+def book_create_throttle(*, user: User) -> int:
+    """Count one new book of ``user``: 0 within BOOKRENDER_NEW_BOOKS_PER_HOUR, else the seconds to
+    wait. A book is up to MAX_PAGES renders, so this bounds what one account can queue."""
+    limit = settings.BOOKRENDER_NEW_BOOKS_PER_HOUR
+    if limit == 0:
         return 0
-    return max(1, math.ceil((window + 1) * REGENERATE_WINDOW_SEC - now))
+    return rate_limit_hit(f"book-create:{user.pk}", limit=limit, window_sec=BOOK_CREATE_WINDOW_SEC)
 
 
 def _pages_phrase(numbers: list[int], *, most: int = 8) -> str:

@@ -18,7 +18,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from books.errors import error_in_plain_words
+from books.errors import error_in_plain_words, error_public
 from books.forms import BookForm
 from books.models import Book, BookPage
 from books.services import (
@@ -26,6 +26,7 @@ from books.services import (
     RegenerateError,
     RegenerateResult,
     book_create,
+    book_create_throttle,
     book_regenerate,
     regenerate_throttle,
 )
@@ -37,8 +38,11 @@ ACTIVE = (Status.QUEUED, Status.RENDERING)
 
 def _get_book_for_user(request: HttpRequest, book_id: int) -> Book:
     """The book if the user may see it; 404 otherwise (never 403: other people's book ids are
-    none of anyone's business). Staff may see every book."""
-    books = Book.objects.all() if request.user.is_staff else Book.objects.filter(owner=request.user.pk)
+    none of anyone's business). Users with the view permission on books (support) may see every
+    book; being staff alone is not enough."""
+    books = (
+        Book.objects.all() if request.user.has_perm("books.view_book") else Book.objects.filter(owner=request.user.pk)
+    )
     return get_object_or_404(books, pk=book_id)
 
 
@@ -91,6 +95,10 @@ def book_new(request: HttpRequest) -> HttpResponse:
     form = BookForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
+        wait = book_create_throttle(user=request.user)
+        if wait:
+            form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
+            return render(request, "books/book_new.html", {"form": form}, status=429)
         try:
             book = book_create(
                 owner=request.user,
@@ -144,7 +152,7 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         actions = ""
     return {
         "book": book,
-        "pages": [_page_view(page) for page in pages],
+        "pages": [_page_view(page, internals=request.user.is_staff) for page in pages],
         "counts": counts,
         "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
         "workflow_title": workflow_title,
@@ -152,14 +160,20 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
     }
 
 
-def _page_view(page: BookPage) -> dict[str, Any]:
-    """What a card shows of a page."""
-    latest = page.latest_error
+def _page_view(page: BookPage, *, internals: bool) -> dict[str, Any]:
+    """What a card shows of a page. Without ``internals`` (not staff): no ComfyUI URLs or raw
+    exception text, only what the error means."""
+    raw = page.latest_error
+    latest = raw if internals or not raw else error_public(raw)
+    earlier = [
+        {**entry, "text": error_in_plain_words(entry)} if internals else error_public(entry)
+        for entry in reversed(page.image_error[:-1])
+    ]
     return {
         "page": page,
-        "error_text": error_in_plain_words(latest) if latest and page.status == Status.FAILED else "",
+        "error_text": error_in_plain_words(raw, internals=internals) if raw and page.status == Status.FAILED else "",
         "error": {**latest, "at": parse_datetime(str(latest.get("at") or ""))} if latest else None,
-        "earlier_errors": [{**entry, "text": error_in_plain_words(entry)} for entry in reversed(page.image_error[:-1])],
+        "earlier_errors": earlier,
         # Changes whenever the card would look different, so the script replaces only those cards.
         "version": f"{page.status}-{page.attempt}-{page.image_attempt or 0}",
     }
@@ -244,7 +258,7 @@ def _result_as_json(result: RegenerateResult) -> dict[str, Any]:
 @require_GET
 def api_book(request: HttpRequest, book_id: int) -> JsonResponse:
     book = _get_book_for_user(request, book_id)
-    return JsonResponse(book_as_json(book))
+    return JsonResponse(book_as_json(book, internals=request.user.is_staff))
 
 
 def _counts(book: Book) -> dict[str, int]:
@@ -255,7 +269,13 @@ def _counts(book: Book) -> dict[str, int]:
     return counts
 
 
-def book_as_json(book: Book) -> dict[str, Any]:
+def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
+    """The API's view of a book; without ``internals`` (not staff) errors carry no ComfyUI URLs or
+    raw exception text."""
+
+    def shown(entry: dict[str, Any]) -> dict[str, Any]:
+        return entry if internals else error_public(entry)
+
     return {
         "id": book.pk,
         "title": book.title,
@@ -276,9 +296,9 @@ def book_as_json(book: Book) -> dict[str, Any]:
                     if page.image
                     else None
                 ),
-                "error": error_in_plain_words(page.latest_error) if page.latest_error else None,
-                "latest_error": page.latest_error,
-                "errors": page.image_error,
+                "error": error_in_plain_words(page.latest_error, internals=internals) if page.latest_error else None,
+                "latest_error": shown(page.latest_error) if page.latest_error else None,
+                "errors": [shown(entry) for entry in page.image_error],
             }
             for page in book.pages.order_by("number")
         ],

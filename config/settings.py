@@ -22,8 +22,24 @@ VAR_DIR = Path(env_str("BOOKRENDER_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
+if not SECRET_KEY.strip():
+    error("DJANGO_SECRET_KEY", SECRET_KEY, "is empty: set 50 or more random characters")
+    SECRET_KEY = "dev-only-insecure-key-change-me"  # lets Django start far enough to say so
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS, for `manage.py check --deploy`. Off by default so that a fresh checkout works on plain
+# http://localhost; the production env file (ops/default/bookrender.env) turns each on.
+# TLS ends at the reverse proxy, which must set X-Forwarded-Proto (and strip a client's own).
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Asked over plain HTTP on loopback by the health server and Prometheus, never by a browser.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -166,6 +182,9 @@ BOOKRENDER_METRICS_TOKEN = env_str("BOOKRENDER_METRICS_TOKEN", "")
 # The instances a worker serves (it takes render work only while one answers); default: all.
 BOOKRENDER_WORKER_INSTANCES = [u.rstrip("/") for u in env_list("BOOKRENDER_WORKER_INSTANCES", [])]
 
+# New books a user may create an hour (a book is up to 500 renders); 0: no limit (the load test).
+BOOKRENDER_NEW_BOOKS_PER_HOUR = env_int("BOOKRENDER_NEW_BOOKS_PER_HOUR", 20, minimum=0)
+
 # --- The dev stack (ops/devstack.py) and CI -------------------------------------------------------
 
 # 0: not run on this machine (the health server then reports it not_configured).
@@ -175,6 +194,10 @@ BOOKRENDER_FLOWER_PORT = env_int("BOOKRENDER_FLOWER_PORT", 5555, minimum=0)
 BOOKRENDER_HEALTH_PORT = env_int("BOOKRENDER_HEALTH_PORT", 9090, minimum=1)
 # For this long after a process appears, a failing probe reads "starting", not "unhealthy".
 BOOKRENDER_HEALTH_GRACE_SEC = env_float("BOOKRENDER_HEALTH_GRACE_SEC", 30, minimum=0)
+# With a token, every request to the health server needs "Authorization: Bearer <token>".
+BOOKRENDER_HEALTH_TOKEN = env_str("BOOKRENDER_HEALTH_TOKEN", "")
+# Host names the health server answers to besides localhost, 127.0.0.1 and [::1] (DNS rebinding).
+BOOKRENDER_HEALTH_ALLOWED_HOSTS = env_list("BOOKRENDER_HEALTH_ALLOWED_HOSTS", [])
 # ComfyUI's own folder on this machine: a local instance without main.py there is not_installed.
 BOOKRENDER_COMFYUI_DIR = env_str("BOOKRENDER_COMFYUI_DIR", "")
 BOOKRENDER_LOG_DIR = env_str("BOOKRENDER_LOG_DIR", str(VAR_DIR / "logs"))

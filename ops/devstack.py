@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -190,16 +191,23 @@ def _safe(url: str) -> str:
     return url
 
 
+def run_dirs(env: Mapping[str, str]) -> tuple[Path, Path]:
+    """(var, logs) for `make run`: BOOKRENDER_VAR_DIR and BOOKRENDER_LOG_DIR as the settings read
+    them, so the health server finds the logs, and two stacks from one clone keep theirs apart."""
+    var = Path(env.get("BOOKRENDER_VAR_DIR") or VAR)
+    return var, Path(env.get("BOOKRENDER_LOG_DIR") or var / "logs")
+
+
 def run() -> int:
-    VAR.mkdir(exist_ok=True)
+    var, logs = run_dirs(os.environ)
+    var.mkdir(parents=True, exist_ok=True)
     stack = Stack()
     try:
         env = base_env(stack, db_name="bookrender", redis_db=0)
         env.setdefault("DJANGO_DEBUG", "true")
         # Flower reads its basic-auth credentials from this variable itself.
         env.setdefault("FLOWER_BASIC_AUTH", "admin:admin-password")
-        logs = VAR / "logs"
-        logs.mkdir(exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
         if "COMFYUI_URLS" not in os.environ:
             port = 8188 if not port_open("127.0.0.1", 8188, 0.2) else free_port()
             stack.start(
@@ -211,7 +219,7 @@ def run() -> int:
                     "--port",
                     str(port),
                     "--base-directory",
-                    str(VAR / "comfysim"),
+                    str(var / "comfysim"),
                     "--render-time",
                     "uniform:0.5,2.0",
                 ],
@@ -220,7 +228,7 @@ def run() -> int:
             )
             env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
             if not wait_http(env["COMFYUI_URLS"] + "/system_stats", 20):
-                raise SystemExit("devstack: the ComfyUI simulator did not start; see var/logs/simulator.log")
+                raise SystemExit(f"devstack: the ComfyUI simulator did not start; see {logs / 'simulator.log'}")
         manage = [PYTHON, str(ROOT / "manage.py")]
         for step in (
             ["check", "--fail-level", "ERROR"],
@@ -240,7 +248,7 @@ def run() -> int:
             "web": {"bind": f"127.0.0.1:{web_port}"},
             "render-worker": {"hostname": "worker0@%h"},
             "maintenance-worker": {"hostname": "maintenance@%h"},
-            "beat": {"schedule": str(VAR / "celerybeat-schedule")},
+            "beat": {"schedule": str(var / "celerybeat-schedule")},
             "flower": {"address": "127.0.0.1", "port": str(flower_port)},
             "health": {"host": "127.0.0.1", "port": health_port},
         }
@@ -255,7 +263,7 @@ def run() -> int:
         wait_http(f"http://127.0.0.1:{web_port}/accounts/login/", 30)
         flower_login = env["FLOWER_BASIC_AUTH"].replace(":", " / ", 1)
         print(
-            "\nbookrender is running (logs in var/logs/):\n"
+            f"\nbookrender is running (logs in {logs}/):\n"
             f"  web       http://127.0.0.1:{web_port}/   sign in as demo / demo-password\n"
             f"  admin     http://127.0.0.1:{web_port}/admin/   sign in as admin / admin-password\n"
             f"  metrics   http://127.0.0.1:{web_port}/metrics\n"
@@ -268,7 +276,7 @@ def run() -> int:
         while True:
             for name, process in stack.children:
                 if process.poll() is not None:
-                    print(f"devstack: {name} exited with {process.returncode}; stopping (see var/logs/{name}.log)")
+                    print(f"devstack: {name} exited with {process.returncode}; stopping (see {logs / name}.log)")
                     return 1
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -8,6 +8,11 @@
     GET /services/{name}/logs     its recent log lines (?lines=N, default 100, at most 1000)
     GET /ready                    200 only when every configured service is healthy, else 503 with why
 
+Every request must name an allowed host (BOOKRENDER_HEALTH_ALLOWED_HOSTS: a web page in a local
+browser cannot reach it through DNS rebinding) and, with BOOKRENDER_HEALTH_TOKEN set, carry
+"Authorization: Bearer <token>". Requests share one probe round at a time, and its answer for
+ROUND_CACHE_SEC, so a flood of requests costs one round of probes, not one each.
+
 It reads Django settings and nothing else of Django: every probe talks to its service directly
 (psycopg, redis-py, HTTP, Celery's ping) with a short timeout, so the answer is the same whether or
 not the web app or the database works, and a request answers in about 3 s with everything down.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hmac
 import importlib.util
 import itertools
 import json
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from config.logging import redact
 from ops.devstack import port_open
 
 logger = logging.getLogger("bookrender.ops.healthserver")
@@ -51,6 +58,9 @@ HEALTHY = "healthy"
 PROBE_TIMEOUT_SEC = 2.0
 # A probe that ignores its own timeout (a library retrying inside) is abandoned after this.
 PROBE_DEADLINE_SEC = 2.5
+# Requests within this long of a probe round share its answer (the state of a machine does not
+# change faster than people and load balancers ask about it).
+ROUND_CACHE_SEC = 2.0
 # A process younger than this whose probe fails is starting, not unhealthy (ComfyUI loads its
 # custom nodes for 10-20 s before it listens).
 DEFAULT_GRACE_SEC = 30.0
@@ -62,6 +72,7 @@ MAX_LOG_LINES = 1000
 SWEEP_KEY = "bookrender:sweep:last"
 SWEEP_MAX_AGE_SEC = 30.0
 COMFYUI_BASE_PORT = 8188
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # config/settings.py's default
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname()}
 
 Check = tuple[bool, str]
@@ -88,7 +99,8 @@ class Service:
     host: str = "127.0.0.1"
     port: int | None = None
     depends_on: tuple[str, ...] = ()
-    log_file: str = ""  # under the log folder, as `make run` writes them
+    # Under the log folder, as `make run` writes them; a callable when it depends on what runs.
+    log_file: str | Callable[[], str] = ""
     unit: str = ""  # the systemd unit, for journalctl
 
 
@@ -133,6 +145,34 @@ def process_table() -> list[Process]:
     return table
 
 
+def process_environ(pid: int) -> dict[str, str] | None:
+    """The process's environment, or None when it is not ours to read (another user's)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def process_parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def same_broker(pid: int, broker_url: str) -> bool:
+    """Whether a Celery process belongs to this stack: it uses the same broker (CELERY_BROKER_URL,
+    else REDIS_URL, else the settings' default), as config/settings.py would read its environment.
+    Two stacks on one host differ there, or they would be one queue. A process whose environment
+    we cannot read is not claimed."""
+    env = process_environ(pid)
+    if env is None:
+        return False
+    return (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL) == broker_url
+
+
 def process_started_at(pid: int) -> float | None:
     """Unix time the process started, from /proc/<pid>/stat (field 22: clock ticks after boot)."""
     try:
@@ -166,7 +206,7 @@ def _http_get(url: str) -> tuple[int, str]:
 def services_from_settings() -> list[Service]:
     from django.conf import settings
 
-    comfyui = comfyui_services(list(settings.COMFYUI_URLS))
+    comfyui = comfyui_services(list(settings.COMFYUI_URLS), gpu_indexes=instance_gpu_indexes())
     return [
         *comfyui,
         web_service(),
@@ -178,12 +218,26 @@ def services_from_settings() -> list[Service]:
     ]
 
 
-def comfyui_services(urls: list[str]) -> list[Service]:
-    """One `comfyui-<gpu index>` per URL: the index is port - 8188 (README: one ComfyUI per GPU on
-    8188 + index), or the URL's position when that would be negative or would repeat."""
-    ports = [urlsplit(url).port or 80 for url in urls]
-    indexes = [port - COMFYUI_BASE_PORT for port in ports]
-    if min(indexes, default=0) < 0 or len(set(indexes)) != len(indexes):
+def instance_gpu_indexes() -> dict[str, int]:
+    """The GPU index of each ComfyUI instance, from its record (the admin's GPU index); empty when
+    the database does not answer (the server must work without it)."""
+    try:
+        from renders.models import ComfyInstance
+
+        rows = ComfyInstance.objects.values_list("url", "gpu_index")
+        return {str(url): int(index) for url, index in rows if index is not None}
+    except Exception:
+        return {}
+
+
+def comfyui_services(urls: list[str], *, gpu_indexes: Mapping[str, int] | None = None) -> list[Service]:
+    """One `comfyui-<gpu index>` per URL. The index is the instance record's; without one it is
+    port - 8188 (README: one ComfyUI per GPU on 8188 + index); the URL's position when one would be
+    out of range (no GPU index) or would repeat."""
+    known = gpu_indexes or {}
+    indexes = [known.get(url, (urlsplit(url).port or 80) - COMFYUI_BASE_PORT) for url in urls]
+    # A GPU index is small (local_gpu_index: below 64); port 51625 says nothing about a GPU.
+    if not all(0 <= index < 64 for index in indexes) or len(set(indexes)) != len(indexes):
         indexes = list(range(len(urls)))
     return [comfyui_service(url, index) for url, index in zip(urls, indexes, strict=True)]
 
@@ -218,6 +272,12 @@ def comfyui_service(url: str, index: int) -> Service:
             return True, ""
         return False, "BOOKRENDER_COMFYUI_DIR is not set and nothing runs on the port"
 
+    def log_file() -> str:
+        # `make run` writes the simulator's log; a real ComfyUI logs to its unit's journal.
+        pid = find_process(process_table())
+        args = next((a for p, a in process_table() if p == pid), []) if pid is not None else []
+        return "simulator.log" if any("comfysim" in a for a in args) else ""
+
     def probe() -> Check:
         from renders.comfy import ComfyClient
 
@@ -233,7 +293,7 @@ def comfyui_service(url: str, index: int) -> Service:
         find_process=find_process,
         host=host,
         port=port,
-        log_file="simulator.log",
+        log_file=log_file,
         unit=f"comfyui@{index}",
     )
 
@@ -275,28 +335,62 @@ def web_service() -> Service:
     )
 
 
-def _celery_process(word: str) -> Callable[[list[Process]], int | None]:
+def celery_processes(processes: list[Process], word: str, broker_url: str) -> list[Process]:
+    """This stack's `celery ... <word>` main processes (a prefork worker's children, which share
+    its command line, left out), oldest first."""
+    found = [
+        (pid, args)
+        for pid, args in processes
+        if "celery" in " ".join(args) and word in args[1:] and same_broker(pid, broker_url)
+    ]
+    pids = {pid for pid, _ in found}
+    return sorted(((pid, args) for pid, args in found if process_parent(pid) not in pids), key=lambda p: p[0])
+
+
+def _celery_process(word: str, broker_url: str) -> Callable[[list[Process]], int | None]:
     def find_process(processes: list[Process]) -> int | None:
-        for pid, args in processes:
-            line = " ".join(args)
-            if "celery" in line and f" {word}" in line:
-                return pid
-        return None
+        ours = celery_processes(processes, word, broker_url)
+        return ours[0][0] if ours else None
 
     return find_process
 
 
+def worker_hostname(args: list[str]) -> str:
+    """The node name a worker answers ping with: --hostname/-n, with Celery's %h, %n and %d."""
+    name = "celery@%h"
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--hostname", "-n"):
+            name = value
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("--hostname=")), name)
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    return name.replace("%h", host).replace("%n", short).replace("%d", domain).replace("%%", "%")
+
+
 def celery_worker_service(*, comfyui: list[str]) -> Service:
+    from django.conf import settings
+
+    broker_url = str(settings.CELERY_BROKER_URL)
+
     def probe() -> Check:
+        """Each of this stack's workers on this machine must answer its own ping: one blocked in
+        its start-up gate (waiting for ComfyUI) does not, even while the maintenance worker does."""
         from config.celery import app
 
-        replies = app.control.ping(timeout=1) or []
-        return bool(replies), f"{len(replies)} worker(s) answered ping"
+        workers = [
+            (pid, worker_hostname(args)) for pid, args in celery_processes(process_table(), "worker", broker_url)
+        ]
+        if not workers:
+            return False, "no worker process of this stack"
+        replies = app.control.ping(destination=[name for _, name in workers], timeout=1) or []
+        answered = {name for reply in replies for name in reply}
+        parts = [f"{name} (pid {pid}) {'answers' if name in answered else 'does not answer'}" for pid, name in workers]
+        return all(name in answered for _, name in workers), "; ".join(parts)
 
     return Service(
         name="celery-worker",
         probe=probe,
-        find_process=_celery_process("worker"),
+        find_process=_celery_process("worker", broker_url),
         depends_on=("redis", "postgresql", *comfyui),
         log_file="worker.log",
         unit="bookrender-worker@*",
@@ -307,6 +401,7 @@ def celery_beat_service() -> Service:
     from django.conf import settings
 
     url = settings.REDIS_URL
+    broker_url = str(settings.CELERY_BROKER_URL)
 
     def probe() -> Check:
         import redis
@@ -321,7 +416,7 @@ def celery_beat_service() -> Service:
     return Service(
         name="celery-beat",
         probe=probe,
-        find_process=_celery_process("beat"),
+        find_process=_celery_process("beat", broker_url),
         depends_on=("redis",),
         log_file="beat.log",
         unit="bookrender-beat",
@@ -465,10 +560,22 @@ def flower_service() -> Service:
 _probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="probe")
 
 
-def _run(check: Callable[[], Check], deadline: float = PROBE_DEADLINE_SEC) -> Check:
+# The probe of each check still running, by key: a check whose last probe hangs is not probed again
+# until that one returns, so hung probes hold at most one thread per check, never the whole pool.
+_outstanding: dict[str, concurrent.futures.Future[Check]] = {}
+_outstanding_lock = threading.Lock()
+
+
+def _run(check: Callable[[], Check], deadline: float = PROBE_DEADLINE_SEC, *, key: str = "") -> Check:
     """A check's answer; an exception or a hang is a failed check (a probe bug must show as a sick
     service, never break the server)."""
-    future = _probe_pool.submit(check)
+    with _outstanding_lock:
+        previous = _outstanding.get(key) if key else None
+        if previous is not None and not previous.done():
+            return False, "the previous probe has not returned yet"
+        future = _probe_pool.submit(check)
+        if key:
+            _outstanding[key] = future
     try:
         return future.result(timeout=deadline)
     except concurrent.futures.TimeoutError:
@@ -480,9 +587,14 @@ def _run(check: Callable[[], Check], deadline: float = PROBE_DEADLINE_SEC) -> Ch
 class Monitor:
     """Evaluates services, remembers since when each is in its state."""
 
-    def __init__(self, services: list[Service], *, grace_sec: float = DEFAULT_GRACE_SEC) -> None:
+    def __init__(
+        self, services: list[Service], *, grace_sec: float = DEFAULT_GRACE_SEC, cache_sec: float = ROUND_CACHE_SEC
+    ) -> None:
         self.services = {service.name: service for service in services}
         self.grace_sec = grace_sec
+        self.cache_sec = cache_sec
+        self._round_lock = threading.Lock()
+        self._last_round: tuple[float, dict[str, Report]] | None = None
         self._lock = threading.Lock()
         self._since: dict[str, tuple[str, float]] = {}
         self._running_since: dict[str, float] = {}
@@ -495,10 +607,10 @@ class Monitor:
         5. probe fails, process (or listener) younger than the grace period -> starting;
         6. probe fails -> unhealthy.
         """
-        configured, why = _run(service.configured)
+        configured, why = _run(service.configured, key=f"{id(self)}:{service.name}:configured")
         if not configured:
             return Report(service.name, NOT_CONFIGURED, why)
-        installed, why = _run(service.installed)
+        installed, why = _run(service.installed, key=f"{id(self)}:{service.name}:installed")
         if not installed:
             return Report(service.name, NOT_INSTALLED, why, port=service.port)
         pid = service.find_process(processes)
@@ -507,7 +619,7 @@ class Monitor:
             self._forget_running(service.name)
             where = f" and nothing listens on {service.host}:{service.port}" if service.port else ""
             return Report(service.name, STOPPED, f"no process found{where}", port=service.port)
-        ok, detail = _run(service.probe)
+        ok, detail = _run(service.probe, key=f"{id(self)}:{service.name}:probe")
         if ok:
             return Report(service.name, HEALTHY, detail, pid=pid, port=service.port)
         started = (process_started_at(pid) if pid is not None else None) or self._running_since_now(service.name)
@@ -516,6 +628,16 @@ class Monitor:
         return Report(service.name, state, f"{detail} (up {age:.0f} s)", pid=pid, port=service.port)
 
     def evaluate(self) -> dict[str, Report]:
+        """Every service, from one probe round at a time: a request that arrives while a round
+        runs waits for it, and rounds younger than cache_sec are answered again."""
+        with self._round_lock:
+            if self._last_round is not None and time.monotonic() - self._last_round[0] < self.cache_sec:
+                return self._last_round[1]
+            reports = self._probe_round()
+            self._last_round = (time.monotonic(), reports)
+            return reports
+
+    def _probe_round(self) -> dict[str, Report]:
         """Every service at once, in parallel, with its dependencies' states."""
         processes = process_table()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.services))) as pool:
@@ -580,12 +702,18 @@ def tail_lines(path: Path, count: int, max_bytes: int = 1 << 20) -> list[str]:
     return lines[-count:]
 
 
+def service_log_file(service: Service) -> str:
+    return service.log_file() if callable(service.log_file) else service.log_file
+
+
 def service_logs(service: Service, count: int) -> tuple[str, list[str]] | None:
-    """(source, lines): the file `make run` writes, else the systemd journal, else None."""
-    if service.log_file:
-        path = log_dir() / service.log_file
+    """(source, lines): the file `make run` writes, else the systemd journal, else None (also when
+    the journal has nothing for the unit: journalctl says "-- No entries --" and succeeds)."""
+    log_file = service_log_file(service)
+    if log_file:
+        path = log_dir() / log_file
         if path.is_file():
-            return str(path), tail_lines(path, count)
+            return str(path), [redact(line) for line in tail_lines(path, count)]
     journalctl = shutil.which("journalctl")
     if service.unit and journalctl:
         command = [journalctl, "-u", service.unit, "-n", str(count), "--no-pager", "-o", "cat"]
@@ -593,26 +721,59 @@ def service_logs(service: Service, count: int) -> tuple[str, list[str]] | None:
             result = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SEC)
         except subprocess.TimeoutExpired:
             return None
-        if result.returncode == 0:
-            return f"journalctl -u {service.unit}", result.stdout.splitlines()[-count:]
+        lines = [line for line in result.stdout.splitlines() if line and line != "-- No entries --"]
+        if result.returncode == 0 and lines:
+            return f"journalctl -u {service.unit}", [redact(line) for line in lines[-count:]]
     return None
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 class HealthServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], monitor: Monitor) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        monitor: Monitor,
+        *,
+        allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS,
+        token: str = "",
+    ) -> None:
         super().__init__(address, Handler)
         self.monitor = monitor
+        self.allowed_hosts = {host.strip("[]").lower() for host in allowed_hosts}
+        self.token = token
 
 
 class Handler(BaseHTTPRequestHandler):
     server: HealthServer
 
+    def _refused(self) -> bool:
+        """Answers and returns True when the request names a host we do not answer to (DNS
+        rebinding: a page on evil.example whose name now points at 127.0.0.1) or lacks the token."""
+        try:
+            host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        except ValueError:  # "[::1" and the like
+            host = ""
+        if host not in self.server.allowed_hosts:
+            error = f"Host {host or '(none)'!r} is not allowed here (BOOKRENDER_HEALTH_ALLOWED_HOSTS)"
+            self._send(HTTPStatus.BAD_REQUEST, {"error": error})
+            return True
+        token = self.server.token
+        given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if token and not hmac.compare_digest(given.encode(), token.encode()):
+            self._send(HTTPStatus.UNAUTHORIZED, {"error": "send Authorization: Bearer <BOOKRENDER_HEALTH_TOKEN>"})
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         url = urlsplit(self.path)
         parts = [p for p in url.path.split("/") if p]
         monitor = self.server.monitor
@@ -652,9 +813,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.BAD_REQUEST, {"error": error})
         found = service_logs(service, int(lines))
         if found is None:
-            where = f"{log_dir() / service.log_file}" if service.log_file else "no log file"
-            unit = f"journalctl -u {service.unit}" if service.unit else "no systemd unit"
-            error = f"no logs for {service.name}: {where} does not exist and {unit} is not available"
+            log_file = service_log_file(service)
+            where = f"{log_dir() / log_file} does not exist" if log_file else "it has no log file here"
+            unit = f"journalctl -u {service.unit} has no entries or is not available" if service.unit else "no unit"
+            error = f"no logs for {service.name}: {where}, and {unit}"
             return self._send(HTTPStatus.NOT_FOUND, {"error": error})
         source, text = found
         self._send(HTTPStatus.OK, {"name": service.name, "source": source, "lines": text})
@@ -699,7 +861,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds a failing service counts as starting after its process appeared (default 30)",
     )
     args = parser.parse_args(argv)
-    server = HealthServer((args.host, args.port), Monitor(services_from_settings(), grace_sec=args.grace))
+    allowed = [*DEFAULT_ALLOWED_HOSTS, *settings.BOOKRENDER_HEALTH_ALLOWED_HOSTS]
+    if args.host not in ("0.0.0.0", "::"):
+        allowed.append(args.host)
+    server = HealthServer(
+        (args.host, args.port),
+        Monitor(services_from_settings(), grace_sec=args.grace),
+        allowed_hosts=allowed,
+        token=settings.BOOKRENDER_HEALTH_TOKEN,
+    )
     logger.info("health server listening", extra={"host": args.host, "port": server.server_address[1]})
     print(f"health server on http://{args.host}:{server.server_address[1]}/health", flush=True)
     try:

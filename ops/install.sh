@@ -41,6 +41,23 @@ LOG_DIR="$ROOT/var/log/comfyui"
 APP_DIR="$ROOT/opt/bookrender"  # where the units run bookrender from
 SETUP_LOG="$LOG_DIR/env-setup.log"
 
+# A JSON string's inside: backslashes, quotes and every control character escaped.
+json_escape() {
+  local text="$1" code char
+  text="${text//\\/\\\\}"
+  text="${text//\"/\\\"}"
+  text="${text//$'\n'/\\n}"
+  text="${text//$'\t'/\\t}"
+  text="${text//$'\r'/\\r}"
+  for code in $(seq 1 31) 127; do
+    printf -v char "\\$(printf '%03o' "$code")"
+    if [[ "$text" == *"$char"* ]]; then
+      text="${text//"$char"/$(printf '\\u%04x' "$code")}"
+    fi
+  done
+  printf '%s' "$text"
+}
+
 # Every change goes through act: printed in a dry run, run and logged otherwise.
 act() {
   if [ "$DRY_RUN" = 1 ]; then
@@ -50,8 +67,24 @@ act() {
   echo "run: $*"
   "$@"
   if [ -d "$LOG_DIR" ]; then
-    printf '{"ts": "%s", "event": "install", "run": "%s"}\n' "$(date -u +%FT%TZ)" "${*//\"/\\\"}" >>"$SETUP_LOG"
+    printf '{"ts": "%s", "event": "install", "run": "%s"}\n' "$(date -u +%FT%TZ)" "$(json_escape "$*")" >>"$SETUP_LOG"
   fi
+}
+
+# env_value FILE NAME: NAME's value in an env file (NAME=value, optionally quoted), read as text.
+# Never sourced: the file must not run commands as root or change this script's own variables.
+env_value() {
+  local file="$1" name="$2" line value=""
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      "$name="*) value="${line#"$name="}" ;;
+    esac
+  done <"$file"
+  case "$value" in
+    \"*\") value="${value:1:${#value}-2}" ;;
+    \'*\') value="${value:1:${#value}-2}" ;;
+  esac
+  printf '%s' "$value"
 }
 
 note() { echo "$*"; }
@@ -71,7 +104,8 @@ owner() {  # owner USER:GROUP PATH...: chown, except under --root
 }
 
 # --- 1. users ---------------------------------------------------------------------------------
-for user in bookrender comfyui; do
+# comfyui-repair runs auto-repair: the only user the polkit rule lets restart units.
+for user in bookrender comfyui comfyui-repair; do
   if getent passwd "$user" >/dev/null; then
     note "user $user exists"
   else
@@ -132,22 +166,26 @@ else
 fi
 # systemd resolves comfyui@'s DeviceAllow=char-nvidia* when a unit starts: load nvidia-uvm at boot.
 act install -d -m 0755 "$ROOT/etc/modules-load.d"
-if [ "$DRY_RUN" = 1 ]; then
-  echo "would write: nvidia-uvm > $ROOT/etc/modules-load.d/comfyui.conf"
-else
-  echo nvidia-uvm >"$ROOT/etc/modules-load.d/comfyui.conf"
-fi
+act install -m 0644 "$HERE/modules-load/comfyui.conf" "$ROOT/etc/modules-load.d/comfyui.conf"
 
 # --- 5. model links: /var/lib/comfyui/models/<kind> -> $CUI_MODELS_DIR/<kind> ---------------------
 CUI_GPUS="0"
 CUI_MODELS_DIR=""
 for file in "$ROOT/etc/default/comfyui" "$HERE/default/comfyui"; do
   if [ -r "$file" ]; then
-    # shellcheck disable=SC1090  # the file is ours: plain NAME=value lines
-    . "$file"
+    CUI_GPUS="$(env_value "$file" CUI_GPUS)"
+    CUI_MODELS_DIR="$(env_value "$file" CUI_MODELS_DIR)"
     break
   fi
 done
+if ! [[ "$CUI_GPUS" =~ ^[0-9]+( [0-9]+)*$ ]]; then
+  echo "install.sh: CUI_GPUS=\"$CUI_GPUS\" in $file: expected GPU indexes separated by spaces, like \"0 1\"" >&2
+  exit 1
+fi
+if [ -n "$CUI_MODELS_DIR" ] && ! [[ "$CUI_MODELS_DIR" =~ ^/[A-Za-z0-9._/-]*$ ]]; then
+  echo "install.sh: CUI_MODELS_DIR=\"$CUI_MODELS_DIR\" in $file: expected an absolute path" >&2
+  exit 1
+fi
 if [ -n "$CUI_MODELS_DIR" ] && [ -d "$ROOT$CUI_MODELS_DIR" ]; then
   for kind in "$ROOT$CUI_MODELS_DIR"/*/; do
     name="$(basename "$kind")"

@@ -91,7 +91,7 @@ if [ "$PURGE" = 1 ]; then
   if [ -e "$ROOT/etc/default/comfyui" ]; then
     act rm -f "$ROOT/etc/default/comfyui"
   fi
-  for user in bookrender comfyui; do
+  for user in bookrender comfyui comfyui-repair; do
     if getent passwd "$user" >/dev/null; then
       system userdel "$user"
     fi

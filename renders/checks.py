@@ -4,6 +4,7 @@ the web server, and Celery workers through config/celery.py) with a message nami
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 from celery.app.defaults import NAMESPACES as CELERY_NAMESPACES
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from config import env
+from config.logging import SECRET_URL_VARIABLES, SECRET_VARIABLES, redact
 
 # Celery's own setting names, for catching CELERY_* typos in the settings module.
 # Plus the one that Celery's Django fixup reads directly, outside its settings table.
@@ -22,7 +24,7 @@ _CELERY_KEYS = {"CELERY_" + str(item[0]).upper() for item in flatten(CELERY_NAME
 def check_environment(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = [
         Error(
-            f"{problem.name}={problem.value!r}: {problem.problem}",
+            _problem_text(problem),
             hint=f"Fix or unset {problem.name}; its default is {env.KNOWN.get(problem.name, '')!r}.",
             id="renders.E001",
         )
@@ -47,6 +49,69 @@ def check_environment(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def _problem_text(problem: env.EnvError) -> str:
+    """The problem, naming the variable. A value that may hold a password (a database URL) is not
+    repeated: workers print these messages, and the health server serves their logs."""
+    if problem.name in SECRET_VARIABLES or problem.name in SECRET_URL_VARIABLES:
+        text = problem.problem.replace(problem.value, "<value>") if problem.value else problem.problem
+        return redact(f"{problem.name} (value not shown): {text}")
+    return redact(f"{problem.name}={problem.value!r}: {problem.problem}")
+
+
+# Placeholders this project has shipped; any of them in production means nobody set a key.
+PLACEHOLDER_SECRET_KEYS = {
+    "dev-only-insecure-key-change-me",
+    "change-me-to-a-long-random-string",
+    "compose-dev-only-insecure-key",
+}
+
+
+@register(Tags.security, deploy=True)
+def check_secret_key(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """`check --deploy` (bookrender-migrate, compose's migrate) refuses a placeholder or weak key,
+    which would let anyone forge sessions and password-reset links."""
+    key = str(settings.SECRET_KEY)
+    if settings.DEBUG:
+        return []
+    if key in PLACEHOLDER_SECRET_KEYS or "change-me" in key or "insecure" in key:
+        problem = "is a placeholder"
+    elif len(key) < 50 or len(set(key)) < 5:
+        problem = "is too short (at least 50 characters, 5 of them different)"
+    else:
+        return []
+    return [
+        Error(
+            f"DJANGO_SECRET_KEY {problem}",
+            hint="Generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+            id="renders.E017",
+        )
+    ]
+
+
+# Flower logins this project has shipped as examples or for `make run`.
+PLACEHOLDER_FLOWER_LOGINS = {"admin:change-me", "admin:admin-password"}
+
+
+@register(Tags.security, deploy=True)
+def check_flower_login(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Flower reads FLOWER_BASIC_AUTH itself; the env file that sets it is read by this check too
+    (bookrender-migrate), so a placeholder or an empty login stops start-up before Flower serves
+    the queue, and its unauthenticated /metrics, with it."""
+    login = os.environ.get("FLOWER_BASIC_AUTH")
+    if settings.DEBUG or login is None or settings.BOOKRENDER_FLOWER_PORT == 0:
+        return []
+    user, _, password = login.partition(":")
+    if login in PLACEHOLDER_FLOWER_LOGINS or not user or len(password) < 12:
+        return [
+            Error(
+                "FLOWER_BASIC_AUTH is empty, a placeholder or a password under 12 characters",
+                hint="Set user:password with a long random password, or BOOKRENDER_FLOWER_PORT=0.",
+                id="renders.E018",
+            )
+        ]
+    return []
 
 
 @register(Tags.compatibility)
@@ -145,7 +210,7 @@ def check_lease(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
                     "one slow database statement would let a live worker's lease lapse and its page "
                     "be handed to another worker."
                 ),
-                id="renders.E017",
+                id="renders.E019",
             )
         ]
     return []

@@ -8,17 +8,21 @@ test checks that every name used there is exported here.
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Model, Q, QuerySet, Sum, Value, When
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from books.models import BookPage
-from renders.models import ComfyInstance, RenderAttempt
+from books.models import Book, BookPage
+from renders.models import ComfyInstance, RenderAttempt, RetiredCount
 
 # Seconds; a render takes from under a second (the simulator) to minutes (SDXL on a small GPU).
 RENDER_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
@@ -29,8 +33,8 @@ DETECTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 class BookrenderCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._pages()
-        yield from self._attempts()
-        yield from self._histograms()
+        yield from self._counters()
+        yield from self._running()
         yield from self._queue()
         yield from self._instances()
         yield from self._disks()
@@ -41,29 +45,44 @@ class BookrenderCollector(Collector):
         for status in BookPage.Status:
             pages.add_metric([status.value], counts.get(status.value, 0))
         yield pages
-        retries = CounterMetricFamily(
-            "bookrender_page_retries", "Failed attempts that were retried or gave up (sum of retry_count)"
-        )
-        retries.add_metric([], BookPage.objects.aggregate(n=Sum("retry_count"))["n"] or 0)
-        yield retries
         flagged = GaugeMetricFamily("bookrender_pages_needing_regeneration", "Pages flagged needs_regeneration")
         flagged.add_metric([], BookPage.objects.filter(needs_regeneration=True).count())
         yield flagged
 
-    def _attempts(self) -> Iterator[Metric]:
+    def _counters(self) -> Iterator[Metric]:
+        totals = counter_series(pages=BookPage.objects.all(), attempts=RenderAttempt.objects.all())
+        for row in RetiredCount.objects.all():
+            key = tuple(json.loads(row.series))
+            totals[key] = totals.get(key, 0.0) + row.value
+        retries = CounterMetricFamily(
+            "bookrender_page_retries", "Failed attempts that were retried or gave up (sum of retry_count)"
+        )
+        retries.add_metric([], totals.get(("bookrender_page_retries",), 0.0))
+        yield retries
         attempts = CounterMetricFamily(
             "bookrender_render_attempts",
             "Finished render attempts by outcome and error kind",
             labels=["outcome", "kind"],
         )
-        rows = (
-            RenderAttempt.objects.exclude(outcome=RenderAttempt.Outcome.RUNNING)
-            .values_list("outcome", "error__kind")
-            .annotate(n=Count("pk"))
-        )
-        for outcome, kind, n in rows:
-            attempts.add_metric([outcome, kind or ""], n)
+        for key in sorted(key for key in totals if key[0] == "bookrender_render_attempts"):
+            attempts.add_metric([str(label) for label in key[1:]], totals[key])
         yield attempts
+        yield _histogram(
+            totals,
+            "bookrender_render_duration_seconds",
+            "ComfyUI execution time of successful attempts",
+            ["workflow", "instance"],
+            RENDER_BUCKETS,
+        )
+        yield _histogram(
+            totals,
+            "bookrender_completion_detection_seconds",
+            "From ComfyUI finishing a prompt to the page being Done",
+            ["instance"],
+            DETECTION_BUCKETS,
+        )
+
+    def _running(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
             "bookrender_render_attempts_running", "Attempts submitted and not finished", labels=["instance"]
         )
@@ -74,35 +93,6 @@ class BookrenderCollector(Collector):
         ):
             running.add_metric([url], n)
         yield running
-
-    def _histograms(self) -> Iterator[Metric]:
-        rows = RenderAttempt.objects.filter(
-            outcome=RenderAttempt.Outcome.SUCCESS, started_at__isnull=False, comfy_finished_at__isnull=False
-        ).values_list("workflow", "instance_url", "started_at", "comfy_finished_at", "finished_at")
-        render: dict[tuple[str, str], list[float]] = {}
-        detection: dict[str, list[float]] = {}
-        for workflow, instance, started, comfy_finished, finished in rows.iterator():
-            if started is None or comfy_finished is None:
-                continue  # excluded by the query; mypy cannot know
-            render.setdefault((workflow, instance), []).append((comfy_finished - started).total_seconds())
-            if finished is not None:
-                detection.setdefault(instance, []).append(max(0.0, (finished - comfy_finished).total_seconds()))
-        family = HistogramMetricFamily(
-            "bookrender_render_duration_seconds",
-            "ComfyUI execution time of successful attempts",
-            labels=["workflow", "instance"],
-        )
-        for (workflow, instance), values in render.items():
-            family.add_metric([workflow, instance], *_buckets(values, RENDER_BUCKETS))
-        yield family
-        family = HistogramMetricFamily(
-            "bookrender_completion_detection_seconds",
-            "From ComfyUI finishing a prompt to the page being Done",
-            labels=["instance"],
-        )
-        for instance, values in detection.items():
-            family.add_metric([instance], *_buckets(values, DETECTION_BUCKETS))
-        yield family
 
     def _queue(self) -> Iterator[Metric]:
         from renders.services import broker_queue_length
@@ -178,7 +168,118 @@ def path_label(path: Path) -> str:
     return "models" if settings.BOOKRENDER_MODEL_DIR and path == Path(settings.BOOKRENDER_MODEL_DIR) else "media"
 
 
-def _buckets(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
-    cumulative = [(str(bound), float(sum(1 for v in values if v <= bound))) for bound in bounds]
-    cumulative.append(("+Inf", float(len(values))))
-    return cumulative, sum(values)
+Series = tuple[str | float, ...]
+
+
+def counter_series(*, pages: QuerySet[BookPage], attempts: QuerySet[RenderAttempt]) -> dict[Series, float]:
+    """Every counter and histogram series that these pages and attempts add up to, keyed by
+    (family, *labels) and, for histograms, (family, *labels, "le", bound) and (family, *labels,
+    "sum"). Each is one SQL aggregation: a scrape's cost does not grow with Python lists of every
+    attempt ever made, only with the database's scan."""
+    series: dict[Series, float] = {("bookrender_page_retries",): float(pages.aggregate(n=Sum("retry_count"))["n"] or 0)}
+    finished = attempts.exclude(outcome=RenderAttempt.Outcome.RUNNING)
+    for outcome, kind, n in finished.values_list("outcome", "error__kind").annotate(n=Count("pk")).order_by():
+        series[("bookrender_render_attempts", outcome, kind or "")] = float(n)
+    timed = attempts.filter(
+        outcome=RenderAttempt.Outcome.SUCCESS, started_at__isnull=False, comfy_finished_at__isnull=False
+    )
+    render = ExpressionWrapper(F("comfy_finished_at") - F("started_at"), output_field=DurationField())
+    series.update(
+        _bucket_series(
+            timed,
+            ["workflow", "instance_url"],
+            "bookrender_render_duration_seconds",
+            RENDER_BUCKETS,
+            end="comfy_finished_at",
+            start="started_at",
+            seconds=render,
+        )
+    )
+    # A page finished before ComfyUI's own end time (clocks a few ms apart) counts as 0 s.
+    detection = Case(
+        When(finished_at__gt=F("comfy_finished_at"), then=F("finished_at") - F("comfy_finished_at")),
+        default=Value(timedelta(0)),
+        output_field=DurationField(),
+    )
+    series.update(
+        _bucket_series(
+            timed.filter(finished_at__isnull=False),
+            ["instance_url"],
+            "bookrender_completion_detection_seconds",
+            DETECTION_BUCKETS,
+            end="finished_at",
+            start="comfy_finished_at",
+            seconds=detection,
+        )
+    )
+    return series
+
+
+def _bucket_series(
+    attempts: QuerySet[RenderAttempt],
+    group: list[str],
+    family: str,
+    bounds: tuple[float, ...],
+    *,
+    end: str,
+    start: str,
+    seconds: Any,
+) -> dict[Series, float]:
+    """Cumulative bucket counts, the count and the sum of (end - start) per group, in one query."""
+    buckets = {
+        f"le{i}": Count("pk", filter=Q(**{f"{end}__lte": F(start) + timedelta(seconds=bound)}))
+        for i, bound in enumerate(bounds)
+    }
+    series: dict[Series, float] = {}
+    for row in attempts.values(*group).annotate(n=Count("pk"), total=Sum(seconds), **buckets).order_by():
+        labels = tuple(row[field] for field in group)
+        for i, bound in enumerate(bounds):
+            series[(family, *labels, "le", bound)] = float(row[f"le{i}"])
+        series[(family, *labels, "le", math.inf)] = float(row["n"])
+        series[(family, *labels, "sum")] = row["total"].total_seconds() if row["total"] else 0.0
+    return series
+
+
+def _histogram(
+    totals: dict[Series, float], family: str, documentation: str, labels: list[str], bounds: tuple[float, ...]
+) -> HistogramMetricFamily:
+    histogram = HistogramMetricFamily(family, documentation, labels=labels)
+    width = len(labels)
+    groups = sorted({key[1 : 1 + width] for key in totals if key[0] == family}, key=str)
+    for group in groups:
+        buckets = [
+            ("+Inf" if math.isinf(bound) else str(bound), totals.get((family, *group, "le", bound), 0.0))
+            for bound in (*bounds, math.inf)
+        ]
+        histogram.add_metric([str(label) for label in group], buckets, totals.get((family, *group, "sum"), 0.0))
+    return histogram
+
+
+def counters_retire(*, pages: QuerySet[BookPage], attempts: QuerySet[RenderAttempt]) -> None:
+    """Add what these pages and attempts count in /metrics to RetiredCount, before they are deleted,
+    in the deleting transaction."""
+    for key, value in counter_series(pages=pages, attempts=attempts).items():
+        if not value:
+            continue
+        series = json.dumps(key)
+        RetiredCount.objects.get_or_create(series=series)
+        RetiredCount.objects.filter(series=series).update(value=F("value") + value)
+
+
+def _deleted_by(origin: object, model: type[Model]) -> bool:
+    return isinstance(origin, model) or (isinstance(origin, QuerySet) and origin.model is model)
+
+
+def retire_on_delete(sender: type[Model], instance: Model, origin: object = None, **kwargs: Any) -> None:
+    """pre_delete: a book retires all its pages and attempts at once; a page or an attempt deleted
+    on its own (not as part of a book) retires itself."""
+    if isinstance(instance, Book):
+        counters_retire(
+            pages=BookPage.objects.filter(book=instance), attempts=RenderAttempt.objects.filter(page__book=instance)
+        )
+    elif isinstance(instance, BookPage) and _deleted_by(origin, BookPage):
+        counters_retire(
+            pages=BookPage.objects.filter(pk=instance.pk), attempts=RenderAttempt.objects.filter(page=instance)
+        )
+    elif isinstance(instance, RenderAttempt) and _deleted_by(origin, RenderAttempt):
+        counters_retire(pages=BookPage.objects.none(), attempts=RenderAttempt.objects.filter(pk=instance.pk))

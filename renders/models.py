@@ -119,3 +119,16 @@ class InstanceSlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance} slot for {self.page} attempt {self.attempt}"
+
+
+class RetiredCount(models.Model):
+    """What deleted pages and attempts had added to one /metrics counter series. /metrics adds it
+    back, so deleting a book never makes a counter go down (Prometheus reads a decrease as a reset
+    and would count the whole total again). Written by renders.metrics.counters_retire."""
+
+    # The series as JSON: ["bookrender_render_attempts", outcome, kind], a histogram bucket, ...
+    series = models.CharField(max_length=512, unique=True)
+    value = models.FloatField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.series} {self.value:g}"

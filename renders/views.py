@@ -17,10 +17,15 @@ REGISTRY.register(ProcessCollector(registry=None))
 
 
 def _may_scrape(request: HttpRequest) -> bool:
+    """With BOOKRENDER_METRICS_TOKEN, bearers of the token. Without one, nobody unless DEBUG is on,
+    and then loopback and private addresses: behind the reverse proxy we document, every request
+    comes from 127.0.0.1, so an address says nothing about who is asking."""
     token = settings.BOOKRENDER_METRICS_TOKEN
     if token:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return secrets.compare_digest(given, token)
+        return secrets.compare_digest(given.encode(), token.encode())
+    if not settings.DEBUG:
+        return False
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
@@ -30,11 +35,10 @@ def _may_scrape(request: HttpRequest) -> bool:
 
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus metrics: with BOOKRENDER_METRICS_TOKEN set, for bearers of the token; without
-    one, only for loopback and private addresses (the scraper next door, not the internet)."""
+    """Prometheus metrics, for bearers of BOOKRENDER_METRICS_TOKEN (see _may_scrape)."""
     if not _may_scrape(request):
         return HttpResponse(
-            "metrics are private: send the token or scrape from a private address\n",
+            "metrics are private: send Authorization: Bearer <BOOKRENDER_METRICS_TOKEN>\n",
             status=403,
             content_type="text/plain",
         )

@@ -12,11 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def manage_check(**env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMFY_", "CELERY_", "BOOKRENDER_REQUIRE"))}
+def manage_check(*flags: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COMFY_", "CELERY_", "BOOKRENDER_REQUIRE", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "FLOWER"))
+    }
     clean.update(env)
     return subprocess.run(
-        [sys.executable, "manage.py", "check", "--fail-level", "ERROR"],
+        [sys.executable, "manage.py", "check", "--fail-level", "ERROR", *flags],
         cwd=ROOT,
         env=clean,
         capture_output=True,
@@ -115,3 +119,73 @@ def test_a_celery_worker_refuses_to_start_with_a_bad_setting():
     )
     assert result.returncode != 0
     assert "COMFY_MAX_RETRIES" in result.stdout + result.stderr
+
+
+def test_a_malformed_database_url_is_named_without_its_password():
+    result = manage_check(DATABASE_URL="postgres//bookrender:hunter22secret@db/bookrender")
+    assert result.returncode != 0
+    assert "renders.E001" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "hunter22secret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (None, "is a placeholder"),  # the settings' own default
+        ("change-me-to-a-long-random-string", "is a placeholder"),  # what the env file used to ship
+        ("compose-dev-only-insecure-key", "is a placeholder"),
+        ("s3cr3t-but-short", "is too short"),
+        ("a" * 60, "is too short"),
+    ],
+)
+def test_the_deploy_check_refuses_a_placeholder_or_weak_secret_key(key: str | None, says: str):
+    env = {} if key is None else {"DJANGO_SECRET_KEY": key}
+    result = manage_check("--deploy", **env)
+    assert result.returncode != 0
+    assert "renders.E017" in result.stderr and f"DJANGO_SECRET_KEY {says}" in result.stderr
+
+
+def test_the_deploy_check_accepts_a_real_key_and_debug_is_left_alone():
+    strong = "kX2v9-QmZ7pL4tR8wB1nC6yH3jF0dS5gA_eU7iO2kP9mN4bV8cX1zQ"
+    assert manage_check("--deploy", DJANGO_SECRET_KEY=strong).returncode == 0
+    assert manage_check("--deploy", DJANGO_DEBUG="true").returncode == 0
+
+
+def test_an_empty_secret_key_is_named_instead_of_a_traceback():
+    result = manage_check(DJANGO_SECRET_KEY="")
+    assert result.returncode != 0
+    assert "renders.E001" in result.stderr and "DJANGO_SECRET_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_deploy_is_clean_with_the_production_env_file_filled_in():
+    """What README.md's install step 5 asks for: the shipped env file, with a key and a token."""
+    from ops.repair.drift import env_file_read
+
+    values = env_file_read(ROOT / "ops/default/bookrender.env")
+    values.update(
+        DJANGO_SECRET_KEY="kX2v9-QmZ7pL4tR8wB1nC6yH3jF0dS5gA_eU7iO2kP9mN4bV8cX1zQ",
+        BOOKRENDER_METRICS_TOKEN="m3trics-t0ken-for-prometheus",
+        FLOWER_BASIC_AUTH="ops:Hq8-xW2v-Lp4z-Rt7k",
+        # This machine's services and folders instead of the production ones.
+        DATABASE_URL=os.environ.get("DATABASE_URL", "sqlite:///var/check-deploy.sqlite3"),
+        REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        BOOKRENDER_VAR_DIR=str(ROOT / "var"),
+        BOOKRENDER_MEDIA_ROOT=str(ROOT / "var" / "media"),
+        BOOKRENDER_REQUIRE_POSTGRES="false",
+    )
+    result = manage_check("--deploy", **values)
+    assert result.returncode == 0, result.stderr
+    # The one warning left: preloading HSTS is a commitment the operator makes, not a default.
+    warnings = [line for line in result.stdout.splitlines() if "(security." in line or "(renders." in line]
+    assert warnings == [line for line in warnings if "security.W021" in line] and len(warnings) <= 1
+
+
+@pytest.mark.parametrize("login", ["", "admin:change-me", "admin:admin-password", "ops:short"])
+def test_the_deploy_check_refuses_a_placeholder_flower_login(login: str):
+    strong = "kX2v9-QmZ7pL4tR8wB1nC6yH3jF0dS5gA_eU7iO2kP9mN4bV8cX1zQ"
+    result = manage_check("--deploy", DJANGO_SECRET_KEY=strong, FLOWER_BASIC_AUTH=login)
+    assert result.returncode != 0 and "renders.E018" in result.stderr
+    assert (
+        manage_check("--deploy", DJANGO_SECRET_KEY=strong, FLOWER_BASIC_AUTH="ops:Hq8-xW2v-Lp4z-Rt7k").returncode == 0
+    )

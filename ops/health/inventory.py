@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from renders.gpu import local_gpu_index
+from renders.gpu import LOCAL_HOSTS, local_gpu_index
 from renders.models import ComfyInstance
 
 DEFAULT_DATA_DIR = Path("/var/lib/comfyui")
@@ -46,12 +47,22 @@ def configured_instances() -> list[Instance]:
     the database does not answer, COMFYUI_URLS alone: the checks must work without it."""
     urls = list(settings.COMFYUI_URLS)
     try:
-        rows = list(ComfyInstance.objects.values_list("url", "enabled"))
+        rows = list(ComfyInstance.objects.values_list("url", "enabled", "gpu_index"))
     except Exception:  # no database, or not allowed to use it (a check reports that separately)
         rows = []
-    disabled = {url for url, enabled in rows if not enabled}
-    urls += [url for url, enabled in rows if enabled and url not in urls]
-    return [Instance(url=url, gpu_index=local_gpu_index(url)) for url in urls if url not in disabled]
+    disabled = {url for url, enabled, _ in rows if not enabled}
+    urls += [url for url, enabled, _ in rows if enabled and url not in urls]
+    # The GPU index is the instance record's (the admin's); a ComfyUI on a port other than
+    # 8188 + index keeps its GPU. Without a record, the port says it (README: 8188 + index).
+    recorded = {url: index for url, _, index in rows if index is not None}
+    return [Instance(url=url, gpu_index=_gpu_index(url, recorded.get(url))) for url in urls if url not in disabled]
+
+
+def _gpu_index(url: str, recorded: int | None) -> int | None:
+    """The index on this host, or None when the instance runs elsewhere."""
+    if recorded is not None and urlsplit(url).hostname in LOCAL_HOSTS:
+        return recorded
+    return local_gpu_index(url)
 
 
 def host_config() -> Host:

@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--books, --pages and --instances must be at least 1, --duration positive")
     out: Path = args.out.resolve()
     os.environ["BOOKRENDER_MEDIA_ROOT"] = str(out / "media")
+    # One user keeps books in flight for the whole run: far more than a person's hourly limit.
+    os.environ["BOOKRENDER_NEW_BOOKS_PER_HOUR"] = "0"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
 

@@ -15,6 +15,7 @@ from django.test import Client
 
 from books.models import Book, BookPage
 from books.services import MAX_PAGES, REGENERATE_LIMIT
+from books.signin import SIGNIN_FAILURES_LIMIT
 from renders.models import RenderAttempt
 from tests.books.conftest import OOM_ERROR, client_for, page_set
 
@@ -58,6 +59,17 @@ def test_it_answers_404_to_a_json_regenerate_of_another_users_book(bob_client, b
     page_set(book, 2, Status.FAILED)
     assert regenerate_json(bob_client, book, [2]).status_code == 404
     assert book.pages.get(number=2).status == Status.FAILED
+
+
+def test_staff_without_the_view_permission_see_only_their_own_books(book):
+    staff = User.objects.create_user("intern", password="intern-password", is_staff=True)
+    page_set(book, 1, Status.DONE, image="pages/x.png", image_attempt=1)
+    for path in ("/books/{id}/", "/books/{id}/pages", "/books/{id}/pages/1/image", "/api/books/{id}"):
+        assert client_for(staff).get(path.format(id=book.pk)).status_code == 404, path
+
+
+def test_support_with_the_view_permission_may_watch_any_book(helpdesk, book):
+    assert client_for(helpdesk).get(f"/api/books/{book.pk}").status_code == 200
 
 
 def test_staff_may_watch_any_book_but_not_regenerate_it_as_its_owner(root_client, book):
@@ -279,7 +291,10 @@ def test_the_status_page_shows_a_card_per_page_with_badge_attempts_and_error_in_
     ]
     assert f'src="/books/{book.pk}/pages/1/image?v=1"' in html
     assert "ComfyUI ran out of GPU memory on node 12 (KSampler)" in html
-    assert "<summary>Details</summary>" in html and "torch.OutOfMemoryError" in html
+    assert "<summary>Details</summary>" in html and "KSampler" in html
+    # The owner is not staff: no ComfyUI URLs and no raw exception text.
+    assert "torch.OutOfMemoryError" not in html and "127.0.0.1:8188" not in html
+    assert "Allocation on device" not in html
     assert "Attempt 2 · 1 failed attempt" in html
     assert 'id="retry-failed"' in html
     assert 'data-active="true"' in html
@@ -306,7 +321,33 @@ def test_the_api_gives_status_counts_and_errors_per_page(alice_client, book):
     page = data["pages"][1]
     assert page["badge"] == "Needs attention"
     assert page["error"] == "ComfyUI ran out of GPU memory on node 12 (KSampler)"
-    assert page["latest_error"] == OOM_ERROR and page["errors"] == [OOM_ERROR]
+    public = {
+        "attempt": 2,
+        "kind": "oom",
+        "node_id": "12",
+        "node_type": "KSampler",
+        "at": "2026-01-01T10:00:00+00:00",
+        "text": "ComfyUI ran out of GPU memory on node 12 (KSampler)",
+    }
+    assert page["latest_error"] == public and page["errors"] == [public]
+
+
+def test_staff_see_the_internals_of_an_error_and_owners_do_not(alice_client, root_client, book):
+    unreachable = {
+        "attempt": 1,
+        "kind": "unavailable",
+        "message": "ComfyUI at http://127.0.0.1:8189 could not be reached: ConnectionRefusedError",
+        "exception_type": "requests.ConnectionError",
+        "instance": "http://127.0.0.1:8189",
+        "at": "2026-01-01T10:00:00+00:00",
+    }
+    page_set(book, 2, Status.FAILED, image_error=[unreachable, {**unreachable, "attempt": 2}])
+    for path in (f"/books/{book.pk}/", f"/books/{book.pk}/pages", f"/api/books/{book.pk}"):
+        seen_by_owner = alice_client.get(path).content.decode()
+        assert "could not be reached" in seen_by_owner, path  # the meaning stays
+        assert "8189" not in seen_by_owner and "ConnectionRefusedError" not in seen_by_owner, path
+        seen_by_staff = root_client.get(path).content.decode()
+        assert "http://127.0.0.1:8189" in seen_by_staff and "ConnectionRefusedError" in seen_by_staff, path
 
 
 def test_a_page_without_an_image_has_no_image_to_serve(alice_client, book):
@@ -329,6 +370,29 @@ def test_a_user_creates_a_book_with_one_page_per_paragraph(alice, alice_client):
         (1, "A heron at dawn.", Status.QUEUED),
         (2, "A heron in the reeds, looking up.", Status.QUEUED),
     ]
+
+
+def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(alice, alice_client, bob, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 3
+    with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
+        for _ in range(3):
+            assert new_book(alice_client, text="A heron at dawn.").status_code == 302
+
+        response = new_book(alice_client, text="One heron too many.")
+
+        assert response.status_code == 429
+        html = response.content.decode()
+        assert "Too many new books: try again in 3600 s." in html and "One heron too many." in html
+        assert Book.objects.filter(owner=alice).count() == 3
+        assert new_book(client_for(bob), text="Bob's heron.").status_code == 302  # per user
+        clock.shift(3600)
+        assert new_book(alice_client, text="A heron, an hour later.").status_code == 302
+
+
+def test_without_a_limit_on_new_books_none_is_refused(alice_client, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 0  # the load test's single user
+    for _ in range(25):
+        assert new_book(alice_client, text="A heron at dawn.").status_code == 302
 
 
 def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):
@@ -425,6 +489,22 @@ def test_a_wrong_password_is_refused(client, alice):
     response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
     assert response.status_code == 200
     assert "Please enter a correct username and password" in response.content.decode()
+
+
+@pytest.mark.parametrize("login_url", ["/accounts/login/", "/admin/login/"])
+def test_after_five_wrong_passwords_even_the_right_one_waits(client, admin_user, login_url):
+    with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
+        for _ in range(SIGNIN_FAILURES_LIMIT):
+            response = client.post(login_url, {"username": "root", "password": "guess"})
+            assert "correct username and password" in response.content.decode()
+
+        response = client.post(login_url, {"username": "ROOT", "password": "root-password"})
+
+        assert "Too many failed sign-ins for this username: try again in 900 s." in response.content.decode()
+        assert "_auth_user_id" not in client.session
+        clock.shift(900)
+        assert client.post(login_url, {"username": "root", "password": "root-password"}).status_code == 302
+        assert "_auth_user_id" in client.session
 
 
 # --- the admin ---------------------------------------------------------------------------------------
@@ -641,6 +721,29 @@ def test_support_can_fix_a_prompt_in_the_admin(root_client, book):
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
     page.refresh_from_db()
     assert page.prompt == "A heron in light fog" and page.status == Status.FAILED
+
+
+def test_an_admin_save_never_undoes_what_a_worker_wrote_meanwhile(root_client, book, monkeypatch):
+    from books.admin import BookPageAdmin
+
+    page = page_set(book, 2, Status.RENDERING, attempt=3)
+    load = BookPageAdmin.get_object
+
+    def load_then_worker_finishes(self, request, object_id, from_field=None):
+        loaded = load(self, request, object_id, from_field)
+        # The worker finishes the page after the admin read the row and before it saves it.
+        BookPage.objects.filter(pk=page.pk).update(status=Status.DONE, image="pages/p2.png", image_attempt=3)
+        return loaded
+
+    monkeypatch.setattr(BookPageAdmin, "get_object", load_then_worker_finishes)
+    response = root_client.post(
+        f"/admin/books/bookpage/{page.pk}/change/",
+        {"prompt": "A heron in light fog", "negative_prompt": "", "overrides": "{}", **_attempt_inline_management()},
+    )
+    assert response.status_code == 302
+    page.refresh_from_db()
+    assert page.prompt == "A heron in light fog"
+    assert (page.status, page.image.name, page.image_attempt) == (Status.DONE, "pages/p2.png", 3)
 
 
 def _attempt_inline_management() -> dict[str, str]:

@@ -104,9 +104,24 @@ def bound_port(service: dict[str, Any]) -> int:
 @pytest.mark.parametrize("name", ["web", "flower", "comfysim", "comfyui"])
 def test_every_published_port_is_the_one_the_command_listens_on(name: str):
     service = SERVICES[name]
-    published = {int(mapping.split(":")[-1]) for mapping in service["ports"]}
+    published = {int(str(mapping).split(":")[-1]) for mapping in service.get("ports", service.get("expose", []))}
     assert published == {bound_port(service)}
     assert f"127.0.0.1:{bound_port(service)}/" in " ".join(map(str, service["healthcheck"]["test"]))
+
+
+def test_ports_are_published_on_loopback_only_and_comfyui_not_at_all():
+    for name, service in SERVICES.items():
+        for mapping in service.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond this host"
+    assert "ports" not in SERVICES["comfyui"]  # no authentication: only the workers reach it
+
+
+def test_no_secret_has_a_working_default():
+    """A compose file copied to a server must not start with a key or password anyone can read here."""
+    for variable in ("DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH"):
+        assert re.search(rf"\$\{{{variable}:\?", COMPOSE_TEXT), f"{variable} is not required"
+    assert "admin-password" not in COMPOSE_TEXT and "insecure" not in COMPOSE_TEXT
+    assert "--deploy" in SERVICES["migrate"]["command"][2]
 
 
 def test_healthchecks_ask_urls_the_project_serves():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from books.models import Book, BookPage
 from ops.health import alerts
 from ops.health.checks import check_family, listening_sockets
 from ops.health.cli import main
+from ops.health.logs import logs_setup
 from renders.workflows import workflow_get
 from tests.conftest import service_env
 from tests.ops.conftest import Webhook, World, free_local_gpu_port
@@ -299,3 +301,31 @@ def test_the_script_runs_from_anywhere_and_prints_json(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["service"] == "redis"
+
+
+def test_a_failed_alert_never_logs_the_webhooks_secret_path(dead_instance, monkeypatch):
+    url = f"{dead_instance}/services/T0SECRET/B0SECRET/xoxb-abcdef123456"
+    monkeypatch.setenv("BOOKRENDER_ALERT_WEBHOOK_URL", url)
+    stream = io.StringIO()
+    logs_setup(stream=stream, level="INFO", log_dir=None)
+    assert alerts.alert_post(url, alerts.alert_payload(title="t", problems=[]), tries=1) is False
+    logs = stream.getvalue()
+    assert '"event": "alert.retry"' in logs and "ConnectionError" in logs  # still says what went wrong
+    assert "T0SECRET" not in logs and "xoxb-abcdef123456" not in logs
+
+
+@pytest.mark.django_db
+def test_a_comfyui_on_any_port_keeps_the_gpu_index_of_its_record(capsys):
+    from renders.models import ComfyInstance
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # far from 8188 + index: its port says nothing about its GPU
+        sock.listen()
+        port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        ComfyInstance.objects.create(url=url, gpu_index=5)
+        with override_settings(COMFYUI_URLS=[url]):
+            _, report = check(capsys, "--service", "ports")
+
+    held = results(report)[f"comfyui@5 :{port}"]  # checked, under its unit's name, not skipped
+    assert f"port {port} is held by" in held["message"]

@@ -42,14 +42,15 @@ def serve() -> Iterator[Callable[..., Get]]:
     """Start a health server for some services: ``get = serve([service], grace_sec=30)``."""
     servers: list[HealthServer] = []
 
-    def start(services: list[Service], grace_sec: float = 30.0) -> Get:
-        server = HealthServer(("127.0.0.1", 0), Monitor(services, grace_sec=grace_sec))
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    def start(services: list[Service], grace_sec: float = 30.0, cache_sec: float = 0.0, **server: Any) -> Get:
+        # No cache by default: these tests change things between requests and ask again at once.
+        health = HealthServer(("127.0.0.1", 0), Monitor(services, grace_sec=grace_sec, cache_sec=cache_sec), **server)
+        servers.append(health)
+        threading.Thread(target=health.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{health.server_address[1]}"
 
-        def get(path: str) -> tuple[int, Any]:
-            response = requests.get(base + path, timeout=10)
+        def get(path: str, **headers: str) -> tuple[int, Any]:
+            response = requests.get(base + path, timeout=10, headers=headers)
             return response.status_code, response.json()
 
         return get
@@ -224,7 +225,7 @@ def test_each_service_lists_its_dependencies_with_their_states(simulator, serve)
 def test_beat_is_healthy_only_while_the_sweeper_runs(serve):
     client = redis.Redis.from_url(settings.REDIS_URL)
     # A process whose command line is a beat's: the probe, not the process, decides.
-    beat = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "celery", "beat"])
+    beat = pretend("celery", "beat", REDIS_URL=settings.REDIS_URL, CELERY_BROKER_URL=settings.CELERY_BROKER_URL)
     try:
         time.sleep(0.2)
         client.set(SWEEP_KEY, time.time())
@@ -301,3 +302,156 @@ def test_unknown_services_and_paths_are_404_with_what_exists(serve):
     status, body = get("/metrics")
     assert status == 404
     assert "/ready" in body["paths"]
+
+
+def pretend(*words: str, **env: str) -> subprocess.Popen[bytes]:
+    """A process whose command line ends with `words`, with `env` as its whole environment."""
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", *words]
+    return subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", **env})
+
+
+def constant(name: str, probe: Callable[[], tuple[bool, str]]) -> Service:
+    return Service(name=name, probe=probe, find_process=lambda processes: 1)
+
+
+def test_it_answers_only_to_its_own_host_names(serve):
+    get = serve([constant("one", lambda: (True, "fine"))])
+    # DNS rebinding: a page on evil.example, whose name now resolves to 127.0.0.1.
+    status, body = get("/health", Host="evil.example:9090")
+    assert status == 400 and "evil.example" in body["error"]
+    assert get("/health", Host="[::1")[0] == 400  # malformed: refused, not a crash
+    assert get("/health", Host="localhost:9090")[0] == 200
+    assert get("/health", Host="[::1]:9090")[0] == 200
+    assert get("/health")[0] == 200  # 127.0.0.1:<port>
+
+
+def test_with_a_token_every_request_needs_it(serve):
+    get = serve([constant("one", lambda: (True, "fine"))], token="h3alth-t0ken")
+    for path in ("/health", "/services", "/ready", "/services/one/logs"):
+        assert get(path)[0] == 401, path
+        assert get(path, Authorization="Bearer wrong")[0] == 401, path
+    assert get("/health", Authorization="Bearer h3alth-t0ken")[0] == 200
+
+
+def test_concurrent_requests_share_one_probe_round(serve):
+    calls: list[float] = []
+
+    def slow_probe() -> tuple[bool, str]:
+        calls.append(time.monotonic())
+        time.sleep(0.3)
+        return True, "fine"
+
+    get = serve([constant("slow", slow_probe)], cache_sec=2.0)
+    threads = [threading.Thread(target=get, args=("/health",)) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+
+
+def test_a_hung_probe_holds_one_thread_and_is_not_started_again(serve):
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hangs() -> tuple[bool, str]:
+        calls.append(1)
+        release.wait(20)
+        return True, "late"
+
+    get = serve([constant("hangs", hangs)], grace_sec=0)
+    try:
+        assert "no answer within" in get("/services/hangs/health")[1]["detail"]
+        for _ in range(5):
+            body = get("/services/hangs/health")[1]
+            assert body["state"] == "unhealthy" and "previous probe has not returned yet" in body["detail"]
+        assert len(calls) == 1
+    finally:
+        release.set()
+
+
+def test_with_two_stacks_on_the_host_it_reports_only_its_own_beat(serve):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # The other stack's beat started first: the first `celery beat` in /proc is not ours.
+    theirs = pretend("celery", "beat", REDIS_URL="redis://127.0.0.1:6379/9")
+    ours = pretend("celery", "beat", REDIS_URL=settings.REDIS_URL, CELERY_BROKER_URL=settings.CELERY_BROKER_URL)
+    try:
+        client.set(SWEEP_KEY, time.time())
+        get = serve([celery_beat_service()], grace_sec=0)
+        body = get("/services/celery-beat/health")[1]
+        assert (body["state"], body["pid"]) == ("healthy", ours.pid)
+
+        ours.kill()
+        ours.wait()
+        body = get("/services/celery-beat/health")[1]
+        assert (body["state"], body["pid"]) == ("stopped", None)
+    finally:
+        client.delete(SWEEP_KEY)
+        for process in (theirs, ours):
+            process.kill()
+            process.wait()
+
+
+def test_each_worker_answers_for_itself(tmp_path, serve, broker):
+    from ops import livestack
+    from tests.conftest import service_env
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    # A render worker waits in its start-up gate for a ComfyUI that never answers, while the
+    # maintenance worker, which never waits, answers ping.
+    waiting = livestack.start_worker(
+        env=service_env(COMFYUI_URLS=dead), log=tmp_path / "render.log", concurrency=1, wait=False
+    )
+    maintenance = livestack.start_maintenance_worker(env=service_env(COMFYUI_URLS=dead), log=tmp_path / "maint.log")
+    try:
+        get = serve([celery_worker_service(comfyui=[])], grace_sec=0)
+        body = get("/services/celery-worker/health")[1]
+        assert body["state"] == "unhealthy"
+        assert f"(pid {maintenance.process.pid}) answers" in body["detail"]
+        assert f"(pid {waiting.process.pid}) does not answer" in body["detail"]
+    finally:
+        waiting.stop()
+        maintenance.stop()
+
+
+def test_comfyui_is_named_by_the_gpu_index_of_its_record():
+    services = comfyui_services(
+        ["http://127.0.0.1:8288", "http://127.0.0.1:8189"], gpu_indexes={"http://127.0.0.1:8288": 3}
+    )
+    assert [s.name for s in services] == ["comfyui-3", "comfyui-1"]
+    assert [s.unit for s in services] == ["comfyui@3", "comfyui@1"]
+    # Without a record, a port far from 8188 + index is no GPU index: the position is used.
+    assert [s.name for s in comfyui_services(["http://127.0.0.1:59813"])] == ["comfyui-0"]
+
+
+def test_logs_of_a_unit_without_journal_entries_are_404_with_why(settings, tmp_path, monkeypatch, serve):
+    settings.BOOKRENDER_LOG_DIR = str(tmp_path)
+    journalctl = tmp_path / "journalctl"  # what journalctl prints for a unit it has nothing for
+    journalctl.write_text("#!/bin/sh\necho '-- No entries --'\n")
+    journalctl.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    status, body = serve([web_service()])("/services/web/logs")
+    assert status == 404
+    assert "web.log does not exist" in body["error"] and "no entries" in body["error"]
+
+
+def test_a_real_comfyuis_logs_are_not_the_simulators(settings, tmp_path, monkeypatch, serve):
+    settings.BOOKRENDER_LOG_DIR = str(tmp_path)
+    (tmp_path / "simulator.log").write_text("a simulator line\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no journalctl
+    port = free_port()
+    real = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "main.py", "--port", str(port)])
+    try:
+        time.sleep(0.2)
+        status, body = serve([comfyui(f"http://127.0.0.1:{port}")])(f"/services/comfyui-{port - 8188}/logs")
+        assert status == 404 and "a simulator line" not in str(body)
+    finally:
+        real.kill()
+        real.wait()
+
+
+def test_served_log_lines_never_show_a_secret(settings, tmp_path, serve):
+    settings.BOOKRENDER_LOG_DIR = str(tmp_path)
+    (tmp_path / "web.log").write_text("connecting to postgres://bookrender:pg-s3cret@db/bookrender\n")
+    body = serve([web_service()])("/services/web/logs")[1]
+    assert body["lines"] == ["connecting to postgres://***@db/bookrender"]

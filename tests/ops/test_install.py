@@ -3,6 +3,7 @@ nothing; a real run (into a scratch root) places every file, and the rollback re
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -118,3 +119,46 @@ def test_uninstall_dry_run_changes_nothing(tmp_path: Path):
     assert tree(stage) == before
     assert f"would run: rm -f {stage}/etc/systemd/system/comfyui@.service" in result.stdout
     assert f"would run: rm -rf {stage}/etc/bookrender" in result.stdout
+
+
+def test_the_comfyui_env_file_is_read_as_text_never_run(tmp_path: Path):
+    stage = tmp_path / "stage"
+    (stage / "etc/default").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    (stage / "etc/default/comfyui").write_text(
+        f'CUI_GPUS="0 1"\nCUI_MODELS_DIR=/srv/models\ntouch {ran}\nDRY_RUN=1\nROOT=/\nHERE=/nowhere\nPATH=/nowhere\n'
+        f'CUI_ARGS="$(touch {ran})"\n'
+    )
+
+    result = run("install.sh", "--root", str(stage))
+
+    assert result.returncode == 0, result.stderr
+    assert not ran.exists()  # nothing in the file ran
+    # DRY_RUN, ROOT, HERE and PATH stayed the script's own: it installed for real, into the stage.
+    assert (stage / "etc/systemd/system/bookrender-web.service").exists()
+    enable = next(line for line in result.stdout.splitlines() if "systemctl enable --now" in line)
+    assert "comfyui@1.service" in enable and "bookrender-worker@1.service" in enable
+
+
+def test_a_malformed_gpu_list_is_refused_by_name(tmp_path: Path):
+    stage = tmp_path / "stage"
+    (stage / "etc/default").mkdir(parents=True)
+    (stage / "etc/default/comfyui").write_text('CUI_GPUS="0; reboot"\n')
+    result = run("install.sh", "--root", str(stage), "--no-start")
+    assert result.returncode == 1
+    assert 'CUI_GPUS="0; reboot"' in result.stderr and "GPU indexes separated by spaces" in result.stderr
+
+
+def test_every_action_is_logged_as_valid_json_even_with_odd_paths(tmp_path: Path):
+    stage = tmp_path / 'st"a\\g\te'
+    (stage / "etc/systemd/system").mkdir(parents=True)
+
+    result = run("install.sh", "--root", str(stage), "--no-start")
+
+    assert result.returncode == 0, result.stderr
+    lines = (stage / "var/log/comfyui/env-setup.log").read_text().splitlines()
+    actions = [json.loads(line)["run"] for line in lines]
+    assert any(str(stage) in action for action in actions)
+    # The kernel module list is an action like any other: run through act, so logged.
+    assert f"install -m 0644 {ROOT}/ops/modules-load/comfyui.conf {stage}/etc/modules-load.d/comfyui.conf" in actions
+    assert (stage / "etc/modules-load.d/comfyui.conf").read_text().splitlines()[-1] == "nvidia-uvm"

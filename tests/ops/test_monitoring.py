@@ -91,13 +91,18 @@ def test_the_alerts_carry_the_seed_thresholds():
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Debian's prometheus package) is not installed")
-def test_promtool_accepts_the_rules_and_the_scrape_config():
+def test_promtool_accepts_the_rules_and_the_scrape_config(tmp_path):
     rules = subprocess.run(
         ["promtool", "check", "rules", str(MONITORING / "alerts.yml")], capture_output=True, text=True
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert "SUCCESS: 15 rules found" in rules.stdout
-    config = subprocess.run(
-        ["promtool", "check", "config", str(MONITORING / "prometheus.yml")], capture_output=True, text=True
-    )
+    # promtool reads the token file the scrape config names; the copy points at one here.
+    (tmp_path / "metrics-token").write_text("t0ken\n")
+    (tmp_path / "alerts.yml").write_text((MONITORING / "alerts.yml").read_text())
+    text = (MONITORING / "prometheus.yml").read_text()
+    assert "credentials_file: /etc/bookrender/metrics-token" in text
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(text.replace("/etc/bookrender/metrics-token", str(tmp_path / "metrics-token")))
+    config = subprocess.run(["promtool", "check", "config", str(copy)], capture_output=True, text=True)
     assert config.returncode == 0, config.stdout + config.stderr

@@ -121,12 +121,79 @@ def test_every_service_is_within_its_exposure_budget(capsys: pytest.CaptureFixtu
             print(f"  {name:<30} {score:.1f}  (budget {BUDGET.get(name, DEFAULT_BUDGET):.1f})")
     over = {name: score for name, score in scores.items() if score > BUDGET.get(name, DEFAULT_BUDGET)}
     assert not over
+    # Hardening only ever gets tighter: no unit more exposed than it was when issue 12 was filed.
+    worse = {name: score for name, score in scores.items() if score > ISSUE_12_SCORES.get(name, 0.0)}
+    assert not worse
+
+
+ISSUE_12_SCORES = {
+    "bookrender-beat.service": 1.1,
+    "bookrender-flower.service": 1.1,
+    "bookrender-health.service": 1.5,
+    "bookrender-migrate.service": 1.1,
+    "bookrender-web.service": 1.1,
+    "bookrender-worker@.service": 1.1,
+    "comfyui-logrotate.service": 0.2,
+    "comfyui-monitor.service": 1.4,
+    "comfyui-repair.service": 1.3,
+    "comfyui@.service": 1.4,
+}
+
+
+def directives(unit: str, key: str) -> list[str]:
+    return re.findall(rf"^{key}=(.*)$", (SERVICES / unit).read_text(), re.M)
+
+
+def test_a_worker_may_open_exactly_the_device_nodes_nvml_needs_for_its_gpu():
+    assert directives("bookrender-worker@.service", "PrivateDevices") == []  # it would hide them
+    assert directives("bookrender-worker@.service", "DevicePolicy") == ["closed"]
+    assert directives("bookrender-worker@.service", "DeviceAllow") == ["/dev/nvidiactl rw", "/dev/nvidia%i rw"]
+
+
+def test_repair_runs_as_its_own_user_and_may_write_only_what_it_cleans():
+    assert directives("comfyui-repair.service", "User") == ["comfyui-repair"]
+    others = [unit.name for unit in UNITS if unit.name != "comfyui-repair.service"]
+    assert all(directives(name, "User") != ["comfyui-repair"] for name in others if name.endswith(".service"))
+    writable = " ".join(directives("comfyui-repair.service", "ReadWritePaths")).split()
+    assert writable == ["-/var/lib/comfyui/temp", "-/var/lib/comfyui/output", "-/var/lib/comfyui/models"]
+    assert directives("comfyui-repair.service", "StateDirectory") == ["comfyui-repair"]
+    assert "LogsDirectory" not in (SERVICES / "comfyui-repair.service").read_text()
+
+
+POLKIT_CHECK = """
+const fs = require("fs");
+let rule;
+const polkit = {Result: {YES: "yes", NOT_HANDLED: "not handled"}, addRule: (f) => { rule = f; }};
+eval(fs.readFileSync(process.argv[1], "utf8"));
+const [user, unit, verb] = process.argv.slice(2);
+const action = {id: "org.freedesktop.systemd1.manage-units", lookup: (k) => ({unit, verb})[k]};
+console.log(rule(action, {user}));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.parametrize(
+    ("user", "unit", "verb", "answer"),
+    [
+        ("comfyui-repair", "comfyui@0.service", "restart", "yes"),
+        ("comfyui-repair", "bookrender-worker@1.service", "reset-failed", "yes"),
+        ("comfyui-repair", "bookrender-web.service", "restart", "not handled"),
+        ("comfyui-repair", "comfyui@0.service", "stop", "not handled"),
+        ("bookrender", "comfyui@0.service", "restart", "not handled"),  # the web app's user
+    ],
+)
+def test_the_polkit_rule_lets_only_repair_restart_gpu_units(user: str, unit: str, verb: str, answer: str):
+    rule = ROOT / "ops/repair/50-bookrender-repair.rules"
+    result = subprocess.run(
+        ["node", "-e", POLKIT_CHECK, str(rule), user, unit, verb], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == answer, result.stderr
 
 
 @pytest.mark.parametrize("unit", [u for u in UNITS if u.suffix == ".service"], ids=lambda unit: unit.name)
 def test_every_service_runs_unprivileged_with_limits(unit: Path):
     text = unit.read_text()
-    assert re.search(r"^User=(bookrender|comfyui)$", text, re.M)
+    assert re.search(r"^User=(bookrender|comfyui|comfyui-repair)$", text, re.M)
     for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert directive in text
     assert re.search(r"^CapabilityBoundingSet=$", text, re.M)

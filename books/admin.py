@@ -20,10 +20,10 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from books.errors import error_in_plain_words
+from books.errors import error_technical
 from books.models import Book, BookPage
 from books.services import RegenerateResult, book_regenerate
-from books.views import status_context
+from books.status import status_context
 from renders.admin import RenderAttemptInline, pretty_json
 
 Status = BookPage.Status
@@ -139,7 +139,7 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
 
     @admin.display(description="Latest error")
     def latest_error(self, page: BookPage) -> str:
-        return error_in_plain_words(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
+        return error_technical(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
 
     @admin.display(description="")
     def open(self, page: BookPage) -> SafeString:
@@ -297,7 +297,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
 
     @admin.display(description="Latest error")
     def latest_error(self, page: BookPage) -> str:
-        return error_in_plain_words(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
+        return error_technical(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
 
     @admin.display(description="Book")
     def book_link(self, page: BookPage) -> SafeString:
@@ -325,7 +325,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
                 entry.get("kind", ""),
                 _when(entry.get("at")),
                 entry.get("instance", "") or "no instance",
-                error_in_plain_words(entry),
+                error_technical(entry),
                 entry.get("message", ""),
             )
             for entry in reversed(page.image_error)

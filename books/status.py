@@ -159,7 +159,9 @@ def page_wait(page: BookPage, *, waits: _WaitContext) -> dict[str, Any] | None:
 
 
 def _any_instance_up() -> bool:
-    return ComfyInstance.objects.filter(enabled=True, state=ComfyInstance.State.UP).exists()
+    """False only when instances are known and every one is down (none known yet: not probed)."""
+    enabled = ComfyInstance.objects.filter(enabled=True)
+    return enabled.filter(state=ComfyInstance.State.UP).exists() or not enabled.exists()
 
 
 def _successful_attempts(pages: list[BookPage]) -> dict[int, RenderAttempt]:

@@ -24,6 +24,8 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# A stale tab's button gets a page that says nothing changed and leads back, not a bare 403.
+CSRF_FAILURE_VIEW = "books.errorviews.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -8,6 +8,10 @@ from django.views.generic import RedirectView
 from books.views import admin_regenerate_page
 from renders.views import healthz, metrics
 
+# JSON clients get JSON 403 and 404 answers; people get Django's pages (see books.errorviews).
+handler403 = "books.errorviews.permission_denied"
+handler404 = "books.errorviews.page_not_found"
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="books:list", permanent=False)),
     # Before admin.site.urls, whose catch-all would otherwise answer it. admin_view: staff only.

@@ -95,6 +95,7 @@ def test_the_pdf_has_one_page_per_image_in_page_order(alice_client, book):
     assert len(images) == 3
     for image, number in zip(images, (1, 2, 3), strict=True):
         top = image.convert("RGB").getpixel((image.width // 2, image.height // 4))
+        assert isinstance(top, tuple)
         assert max(abs(a - b) for a, b in zip(top, COLOURS[number], strict=True)) < 30, (number, top)
 
 

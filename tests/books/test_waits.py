@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 NOW = timezone.now().replace(microsecond=0)
 
 
-def card(client, book, number: int) -> dict:
+def card(client, book, number: int):
     response = client.get(f"/books/{book.pk}/")
     return next(item for item in response.context["pages"] if item["page"].number == number)
 

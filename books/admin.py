@@ -37,6 +37,13 @@ def status_badge(page: BookPage) -> SafeString:
     return format_html('<span class="badge badge-{}">{}</span>', page.status, page.get_status_display())
 
 
+def needs_regeneration_badge(page: BookPage) -> SafeString:
+    """A page flagged for regeneration is a problem: a red badge, never Django's green tick."""
+    if page.needs_regeneration:
+        return format_html('<span class="badge badge-failed">{}</span>', "needs regeneration")
+    return format_html('<span class="quiet">{}</span>', "no")
+
+
 def _when(iso: object) -> str:
     when = parse_datetime(str(iso or ""))
     return when.strftime("%d %b %Y %H:%M:%S %Z") if when else str(iso or "")
@@ -112,6 +119,9 @@ class BookNeedsRegenerationFilter(admin.SimpleListFilter):
 
 # --- books -----------------------------------------------------------------------------------------
 
+# Each inline page posts 3 fields (id, book, prompt); 200 pages stay well under Django's 1,000.
+INLINE_MAX_PAGES = 200
+
 
 class BookPageInline(admin.TabularInline[BookPage, Book]):
     model = BookPage
@@ -121,11 +131,11 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "latest_error",
         "open",
     )
-    readonly_fields = ("number", "status_badge", "attempt", "retry_count", "needs_regeneration", "latest_error", "open")
+    readonly_fields = ("number", "status_badge", "attempt", "retry_count", "regeneration", "latest_error", "open")
     formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 50})}}
     extra = 0
     can_delete = False  # page numbers stay 1..n; a page is rerun, not removed
@@ -141,6 +151,10 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
     def latest_error(self, page: BookPage) -> str:
         return error_technical(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
 
+    @admin.display(description="Needs regeneration")
+    def regeneration(self, page: BookPage) -> SafeString:
+        return needs_regeneration_badge(page)
+
     @admin.display(description="")
     def open(self, page: BookPage) -> SafeString:
         return format_html(
@@ -154,8 +168,8 @@ class BookAdmin(admin.ModelAdmin[Book]):
     list_filter = (BookPageStatusFilter, BookNeedsRegenerationFilter, BookInstanceFilter, "workflow")
     search_fields = ("title", "owner__username", "pages__prompt")
     list_select_related = ("owner",)
-    readonly_fields = ("owner", "workflow", "created_at", "updated_at", "live_status")
-    fields = ("title", "owner", "workflow", "created_at", "updated_at", "live_status")
+    readonly_fields = ("owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
+    fields = ("title", "owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
     inlines = [BookPageInline]
     actions = ["retry_failed_pages"]
 
@@ -163,15 +177,34 @@ class BookAdmin(admin.ModelAdmin[Book]):
         return (
             super()
             .get_queryset(request)
+            # distinct: a search by prompt joins the pages a second time, which would multiply
+            # every count by the number of matching pages (a 12-page book showed "144 / 144").
             .annotate(
-                total=Count("pages"),
-                done=Count("pages", filter=Q(pages__status=Status.DONE)),
-                failed=Count("pages", filter=Q(pages__status=Status.FAILED)),
+                total=Count("pages", distinct=True),
+                done=Count("pages", filter=Q(pages__status=Status.DONE), distinct=True),
+                failed=Count("pages", filter=Q(pages__status=Status.FAILED), distinct=True),
             )
         )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # owners create books on the New book page, which queues their pages
+
+    def get_inlines(
+        self, request: HttpRequest, obj: Book | None
+    ) -> list[type[admin.options.InlineModelAdmin[Any, Any]]]:
+        """The pages inline only for books small enough to save: each inline page posts a few
+        fields, and past DATA_UPLOAD_MAX_NUMBER_FIELDS Django refuses the form (TooManyFieldsSent;
+        about 330 pages with the default 1,000). Larger books link to their pages instead."""
+        if obj is not None and obj.pages.count() > INLINE_MAX_PAGES:
+            return []
+        return list(self.inlines)
+
+    @admin.display(description="Pages")
+    def pages_link(self, book: Book) -> SafeString:
+        count = book.pages.count()
+        url = reverse("admin:books_bookpage_changelist") + f"?book__id__exact={book.pk}"
+        note = "" if count <= INLINE_MAX_PAGES else f" (more than {INLINE_MAX_PAGES}: listed on their own page)"
+        return format_html('<a href="{}">{} page{}</a>{}', url, count, "" if count == 1 else "s", note)
 
     @admin.display(description="Progress")
     def progress(self, book: Any) -> SafeString:
@@ -235,7 +268,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "instance",
         "last_attempted_at",
         "latest_error",
@@ -255,7 +288,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
                     "status_badge",
                     "attempt",
                     "retry_count",
-                    "needs_regeneration",
+                    "regeneration",
                     "last_attempted_at",
                     "next_attempt_at",
                     "lease_expires_at",
@@ -272,7 +305,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "last_attempted_at",
         "next_attempt_at",
         "lease_expires_at",
@@ -286,6 +319,10 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # pages are created with their book
+
+    @admin.display(description="Needs regeneration", ordering="needs_regeneration")
+    def regeneration(self, page: BookPage) -> SafeString:
+        return needs_regeneration_badge(page)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, page: BookPage) -> SafeString:

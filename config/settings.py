@@ -217,6 +217,12 @@ CELERY_TASK_ROUTES = {
     "renders.tasks.sweep": {"queue": "maintenance"},
     "renders.tasks.probe_instances": {"queue": "maintenance"},
 }
+# The maintenance tasks run every second or so: no task events for them, so Flower lists the render
+# tasks people ask about (see also config/celery.py, which stops beat's task-sent events).
+CELERY_TASK_ANNOTATIONS = {
+    "renders.tasks.sweep": {"send_events": False},
+    "renders.tasks.probe_instances": {"send_events": False},
+}
 CELERY_BEAT_SCHEDULE = {
     "sweep-pages": {
         "task": "renders.tasks.sweep",
@@ -254,5 +260,8 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
         "websocket": {"level": "WARNING"},
         "matplotlib": {"level": "WARNING"},
+        # Beat logs "Sending due task" at INFO for each maintenance run, one a second: about 80 MB
+        # a day. Its warnings and errors still show.
+        "celery.beat": {"level": "WARNING"},
     },
 }

@@ -22,7 +22,7 @@ from django.utils.safestring import SafeString
 
 from books.errors import error_technical
 from books.models import Book, BookPage
-from books.services import RegenerateResult, book_regenerate
+from books.services import RegenerateResult, book_delete, book_regenerate
 from books.status import status_context
 from renders.admin import RenderAttemptInline, pretty_json
 
@@ -188,6 +188,13 @@ class BookAdmin(admin.ModelAdmin[Book]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # owners create books on the New book page, which queues their pages
+
+    def delete_model(self, request: HttpRequest, obj: Book) -> None:
+        book_delete(book=obj)  # with its image files, which a plain delete leaves on disk
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Book]) -> None:
+        for book in queryset:
+            book_delete(book=book)
 
     def get_inlines(
         self, request: HttpRequest, obj: Book | None

@@ -63,3 +63,35 @@ def test_a_small_book_keeps_its_pages_inline_for_editing_prompts(root_client, bo
     response = root_client.post(f"/admin/books/book/{book.pk}/change/", data)
     assert response.status_code == 302
     assert BookPage.objects.get(book=book, number=2).prompt == "A heron in the rain"
+
+
+def test_deleting_books_in_the_admin_deletes_their_files(root_client, book, django_capture_on_commit_callbacks):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    name = default_storage.save(f"pages/book-{book.pk}/page-0001-attempt-1.png", ContentFile(b"png"))
+    page_set(book, 1, "done", image=name, image_attempt=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = root_client.post(f"/admin/books/book/{book.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Book.objects.filter(pk=book.pk).exists() and not default_storage.exists(name)
+
+
+def test_the_admin_delete_action_deletes_the_files_of_every_selected_book(
+    root_client, book, alice, django_capture_on_commit_callbacks
+):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    other = book_create(owner=alice, title="Other", workflow="model-free", pages=[PageSpec("x")])
+    names = []
+    for each in (book, other):
+        names.append(default_storage.save(f"pages/book-{each.pk}/page-0001-attempt-1.png", ContentFile(b"png")))
+        page_set(each, 1, "done", image=names[-1], image_attempt=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        root_client.post(
+            "/admin/books/book/",
+            {"action": "delete_selected", "_selected_action": [book.pk, other.pk], "post": "yes"},
+        )
+    assert not Book.objects.exists()
+    assert not any(default_storage.exists(name) for name in names)

@@ -675,3 +675,15 @@ def test_staff_see_an_admin_link_and_users_do_not(alice_client, root_client, boo
 
 def test_users_only_see_their_own_name(alice: User, alice_client):
     assert "Signed in as <strong>alice</strong>" in alice_client.get("/books/").content.decode()
+
+
+def test_the_summary_and_the_cards_come_from_one_read_of_the_pages(alice_client, book):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    page_set(book, 1, Status.DONE)
+    with CaptureQueriesContext(connection) as queries:
+        response = alice_client.get(f"/books/{book.pk}/pages")
+    page_reads = [q["sql"] for q in queries.captured_queries if 'FROM "books_bookpage"' in q["sql"]]
+    assert len(page_reads) == 1, page_reads
+    assert response.context["counts"] == {"queued": 2, "rendering": 0, "done": 1, "failed": 0, "total": 3}

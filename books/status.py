@@ -50,8 +50,11 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
     shown = [page for page in pages if chosen not in FILTERS or page.status in FILTERS[chosen][1]]
     context = _WaitContext(pages, any_instance_up=_any_instance_up() if counts[Status.QUEUED] else True)
     successes = _successful_attempts([page for page in shown if page.image_attempt])
+    tab_state, tab_title = tab_state_and_title(book, counts)
     return {
         "book": book,
+        "tab_state": tab_state,
+        "tab_title": tab_title,
         "pages": [page_view(page, workflow=workflow, waits=context, success=successes.get(page.pk)) for page in shown],
         "counts": counts,
         "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
@@ -60,6 +63,19 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         "filter": chosen if chosen in FILTERS else "",
         "filters": [(key, label, sum(counts[s] for s in statuses)) for key, (label, statuses) in FILTERS.items()],
     }
+
+
+def tab_state_and_title(book: Book, counts: dict[str, int]) -> tuple[str, str]:
+    """The book's state for the tab's icon, and the tab's title: a tab left in the background says
+    when the book is done or needs attention."""
+    if counts[Status.FAILED]:
+        need = "needs" if counts[Status.FAILED] == 1 else "need"
+        return "failed", f"⚠ {counts[Status.FAILED]} {need} attention · {book.title} · bookrender"
+    if counts[Status.QUEUED] + counts[Status.RENDERING]:
+        return "active", f"({counts[Status.DONE]}/{counts['total']}) {book.title} · bookrender"
+    if counts["total"]:
+        return "done", f"✓ {book.title} · bookrender"
+    return "", f"{book.title} · bookrender"
 
 
 def page_counts(pages: list[BookPage]) -> dict[str, int]:

@@ -687,3 +687,14 @@ def test_the_summary_and_the_cards_come_from_one_read_of_the_pages(alice_client,
     page_reads = [q["sql"] for q in queries.captured_queries if 'FROM "books_bookpage"' in q["sql"]]
     assert len(page_reads) == 1, page_reads
     assert response.context["counts"] == {"queued": 2, "rendering": 0, "done": 1, "failed": 0, "total": 3}
+
+
+def test_the_tab_title_and_icon_follow_the_books_state(alice_client, book):
+    html = alice_client.get(f"/books/{book.pk}/").content.decode()
+    assert "<title>(0/3) The Fox · bookrender</title>" in html and "fill='%23175cd3'" in html
+    page_set(book, 2, Status.FAILED)
+    html = alice_client.get(f"/books/{book.pk}/").content.decode()
+    assert "<title>⚠ 1 needs attention · The Fox · bookrender</title>" in html and "fill='%23b42318'" in html
+    book.pages.update(status=Status.DONE)
+    live = alice_client.get(f"/books/{book.pk}/pages").content.decode()
+    assert 'data-title="✓ The Fox · bookrender"' in live and "fill='%23067647'" in live

@@ -358,3 +358,25 @@ def test_a_stale_tabs_button_leads_back_to_a_working_button(alice, live_server, 
     tab.click("#retry-failed")
     expect(tab.locator(".messages")).to_have_text("Page 1 queued for rendering.")
     context.close()
+
+
+def test_a_long_title_wraps_on_a_phone_and_in_the_admin(alice, admin_user, live_server, broker, browser):
+    # One unbroken word is the hard case: nothing to wrap at but the characters themselves.
+    title = "TheExtraordinarilyLongChronicleOfTheFoxWhoMappedEveryLighthouse" * 3
+    book = book_create(owner=alice, title=title, workflow="model-free", pages=[PageSpec("A lake")])
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    tab = phone.new_page()
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+    for path in ("/books/", f"/books/{book.pk}/"):
+        tab.goto(live_server.url + path)
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 390, path
+    tab.screenshot(path=str(ARTIFACTS / "phone-long-title.png"), full_page=True)
+    phone.close()
+
+    desktop = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = desktop.new_page()
+    sign_in(tab, live_server.url, "/admin/login/", "root", "root-password")
+    tab.goto(f"{live_server.url}/admin/books/book/")
+    assert tab.evaluate("document.documentElement.scrollWidth") <= 1280
+    tab.screenshot(path=str(ARTIFACTS / "admin-long-title.png"), full_page=True)
+    desktop.close()

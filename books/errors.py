@@ -104,6 +104,8 @@ def error_technical(entry: Mapping[str, object]) -> str:
         return f"The render was interrupted on ComfyUI{on_node}"
     if kind == "protocol":
         return f"ComfyUI{at_instance} answered something unreadable"
+    if kind == "low_vram":
+        return "The GPU never had enough free memory to start this page"
     return message or "The render failed for an unknown reason"
 
 

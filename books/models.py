@@ -33,6 +33,8 @@ class BookPage(models.Model):
         RENDERING = "rendering", "Rendering"
         DONE = "done", "Done"
         FAILED = "failed", "Needs attention"
+        # Stopped by its owner (or an admin): not rendered, nothing to fix; regenerate restarts it.
+        CANCELLED = "cancelled", "Cancelled"
 
     book = models.ForeignKey(Book, on_delete=models.CASCADE, related_name="pages")
     number = models.PositiveIntegerField()
@@ -60,9 +62,16 @@ class BookPage(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # A rendering page's worker renews this while it works; once it lapses the sweeper resumes it.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The fencing token of the claim that holds a rendering page. Every change a worker makes after
+    # its claim checks it, so a worker whose page was handed to another one changes nothing.
+    claim = models.UUIDField(null=True, blank=True, editable=False)
+    # When the latest wake-up message for this page was published (the sweeper republishes a page
+    # that is overdue and has had no message for a while, whatever else the queue holds).
+    published_at = models.DateTimeField(null=True, blank=True)
 
+    # The chosen version's image (by default the newest success); every success is a PageVersion.
     image = models.FileField(upload_to="pages/", blank=True, max_length=255)
-    # The attempt whose image is stored: a stale attempt can never overwrite a newer one.
+    # The attempt whose image is chosen: a stale attempt can never overwrite a newer one.
     image_attempt = models.PositiveIntegerField(null=True, blank=True)
     rendered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -96,3 +105,21 @@ class BookPage(models.Model):
     @property
     def latest_error(self) -> dict[str, object] | None:
         return self.image_error[-1] if self.image_error else None
+
+
+class PageVersion(models.Model):
+    """One successful render of a page. Every success is kept (up to BOOKRENDER_PAGE_VERSIONS_KEPT
+    per page); the page's ``image`` is the chosen one, never deleted by clean-up."""
+
+    page = models.ForeignKey(BookPage, on_delete=models.CASCADE, related_name="versions")
+    attempt = models.PositiveIntegerField()
+    image = models.FileField(upload_to="pages/", max_length=255)
+    seed = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["page", "-attempt"]
+        constraints = [models.UniqueConstraint(fields=["page", "attempt"], name="version_unique_attempt")]
+
+    def __str__(self) -> str:
+        return f"{self.page} version {self.attempt}"

@@ -164,6 +164,9 @@ class FaultConfig:
     seed: int | None = None
     history_delay: float = 0.0
     latency: float = 0.0
+    # Seconds POST /prompt waits *after* queueing the prompt before it answers: a client with a
+    # shorter timeout sees no answer although the prompt was accepted (a lost answer).
+    prompt_answer_delay: float = 0.0
     crash_after: int | None = None
     vram_total_mb: int = 16311
     vram_free_mb: int = 14000
@@ -214,7 +217,7 @@ class FaultConfig:
                 changes[key] = text.strip()
             elif key == "seed":
                 changes[key] = None if value is None else _int(key, value, 0)
-            elif key in ("history_delay", "latency"):
+            elif key in ("history_delay", "latency", "prompt_answer_delay"):
                 changes[key] = _non_negative_float(key, value)
             elif key == "crash_after":
                 changes[key] = None if value is None else _int(key, value, 1)

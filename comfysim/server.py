@@ -313,7 +313,11 @@ class Simulator:
         delay = self.faults.config.latency
         if delay > 0 and not request.path.startswith("/sim/") and request.path not in ("/ws", "/api/ws"):
             await asyncio.sleep(delay)
-        return await handler(request)
+        response = await handler(request)
+        answer_delay = self.faults.config.prompt_answer_delay
+        if answer_delay > 0 and request.method == "POST" and request.path in ("/prompt", "/api/prompt"):
+            await asyncio.sleep(answer_delay)  # the prompt is queued already; only the answer is late
+        return response
 
     @web.middleware
     async def _origin_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -154,6 +154,10 @@ COMFY_HTTP_TIMEOUT_SEC = env_float("COMFY_HTTP_TIMEOUT_SEC", 10, minimum=0.1)
 COMFY_POLL_INTERVAL_SEC = env_float("COMFY_POLL_INTERVAL_SEC", 2, minimum=0.05)
 # How long a rendering page's lease lasts without a heartbeat before the sweeper resumes it.
 COMFY_LEASE_SEC = env_float("COMFY_LEASE_SEC", 8, minimum=1)
+# How long a page may wait for free VRAM (without using a retry) before it needs attention.
+COMFY_VRAM_WAIT_MAX_SEC = env_float("COMFY_VRAM_WAIT_MAX_SEC", 300, minimum=1)
+# Successful renders kept per page (the chosen one is always kept, whatever this says).
+BOOKRENDER_PAGE_VERSIONS_KEPT = env_int("BOOKRENDER_PAGE_VERSIONS_KEPT", 10, minimum=1)
 BOOKRENDER_WORKFLOWS_DIR = env_str("BOOKRENDER_WORKFLOWS_DIR", "")
 # Where ComfyUI's models live, for the disk-space metric and alert (empty: not watched).
 BOOKRENDER_MODEL_DIR = env_str("BOOKRENDER_MODEL_DIR", "")

@@ -113,3 +113,27 @@ def check_celery(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             Warning("COMFY_LEASE_SEC is long: a dead worker's page waits that long to resume", id="renders.W016")
         )
     return messages
+
+
+# A live worker's lease is renewed every COMFY_LEASE_SEC / 3 by its own thread, whatever the task
+# is doing; below this the two renewals between a renewal and the lapse leave no room for a
+# database that is slow for a moment.
+MIN_LEASE_SEC = 3.0
+
+
+@register(Tags.compatibility)
+def check_lease(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    lease = settings.COMFY_LEASE_SEC
+    if lease < MIN_LEASE_SEC:
+        return [
+            Error(
+                f"COMFY_LEASE_SEC ({lease:g}) must be at least {MIN_LEASE_SEC:g}",
+                hint=(
+                    "A worker renews its lease every COMFY_LEASE_SEC / 3 seconds; shorter than this, "
+                    "one slow database statement would let a live worker's lease lapse and its page "
+                    "be handed to another worker."
+                ),
+                id="renders.E017",
+            )
+        ]
+    return []

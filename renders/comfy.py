@@ -37,6 +37,7 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # unreachable, 5xx, no answer, or the prompt was lost in a restart
     TIMEOUT = "timeout"  # the render did not finish in time
     PROTOCOL = "protocol"  # ComfyUI answered something we cannot read
+    LOW_VRAM = "low_vram"  # the GPU never had enough free memory to start (COMFY_VRAM_WAIT_MAX_SEC)
 
 
 _RETRYABLE = {
@@ -47,6 +48,7 @@ _RETRYABLE = {
     ErrorKind.TIMEOUT: True,
     ErrorKind.PROTOCOL: True,
     ErrorKind.VALIDATION: False,
+    ErrorKind.LOW_VRAM: False,
 }
 
 
@@ -216,9 +218,11 @@ class ComfyClient:
         try:
             response = self._session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
         except requests.Timeout as exc:
+            # The request may have arrived: the caller decides whether to look before repeating it.
             raise self._error(
                 ErrorKind.UNAVAILABLE,
                 f"no answer from {method} {path} within {timeout or self.timeout:g} s",
+                details={"no_answer": True},
             ) from exc
         except requests.RequestException as exc:
             raise self._error(
@@ -280,10 +284,15 @@ class ComfyClient:
         if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
             raise self._protocol("POST /prompt answer", data)
         if data.get("node_errors"):
-            # Part of the graph was dropped and only the valid outputs will run (API.md §2):
-            # that is not the page we asked for, so take it off the queue and fail.
-            self.queue_delete([data["prompt_id"]])
-            raise self._validation_error(
+            # Part of the graph was dropped and only the valid outputs run (API.md §2), at once if
+            # the GPU is idle: that is not the page we asked for. Take it off the queue and
+            # interrupt it if it already started; it was submitted all the same.
+            try:
+                self.queue_delete([data["prompt_id"]])
+                self.interrupt(data["prompt_id"])
+            except ComfyError:
+                pass  # the validation error below is the news; a prompt left running ends by itself
+            error = self._validation_error(
                 {
                     "error": {
                         "type": "partial_validation",
@@ -292,6 +301,8 @@ class ComfyClient:
                     "node_errors": data["node_errors"],
                 }
             )
+            error.details["submitted"] = True
+            raise error
         return SubmitResult(prompt_id=data["prompt_id"], number=float(data.get("number", 0)))
 
     def _validation_error(self, data: Any) -> ComfyError:

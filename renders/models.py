@@ -64,7 +64,13 @@ class ComfyInstance(models.Model):
         UP = "up", "Up"
         DOWN = "down", "Down"
 
+    class Source(models.TextChoices):
+        SETTINGS = "settings", "COMFYUI_URLS"
+        ADMIN = "admin", "Added in the admin"
+
     url = models.CharField(max_length=255, unique=True)
+    # Rows from COMFYUI_URLS are retired (disabled, with a reason) once the URL leaves the setting.
+    registration_source = models.CharField(max_length=16, choices=Source.choices, default=Source.ADMIN)
     gpu_index = models.PositiveSmallIntegerField(null=True, blank=True)
     # Prompts it may hold at once: 2 = one running and one queued behind it, so ComfyUI starts the
     # next page the moment the last one ends.
@@ -103,6 +109,8 @@ class InstanceSlot(models.Model):
     instance = models.ForeignKey(ComfyInstance, on_delete=models.CASCADE, related_name="leases")
     page = models.OneToOneField(BookPage, on_delete=models.CASCADE, related_name="slot")
     attempt = models.PositiveIntegerField()
+    # The claim that holds the slot: only that claim renews or releases it.
+    claim = models.UUIDField(null=True, blank=True)
     expires_at = models.DateTimeField()
 
     class Meta:

@@ -10,6 +10,7 @@ probe, is down and gets no work until a probe succeeds again (probes back off fr
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -18,40 +19,60 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from books.models import BookPage
 from renders.comfy import ComfyClient, ComfyError
 from renders.gpu import COMFY_BASE_PORT, local_gpu_index, nvml_read
+from renders.lease import db_in
 from renders.models import ComfyInstance, InstanceSlot
 
 log = logging.getLogger("bookrender.routing")
 FAILURES_TO_DOWN = 3
 PROBE_INTERVAL_UP_SEC = 5.0
-PROBE_BACKOFF_MIN_SEC, PROBE_BACKOFF_MAX_SEC = 1.0, 30.0
-PROBE_TIMEOUT_SEC = 3.0
+# A down instance is probed again after 1, 2, 4 s, then every 4 s: a restarting ComfyUI (14-38 s
+# for a real one) is found within seconds of answering. Workers' gates and successful calls mark an
+# instance up even sooner.
+PROBE_BACKOFF_MIN_SEC, PROBE_BACKOFF_MAX_SEC = 1.0, 4.0
+RETIRED = "retired: no longer in COMFYUI_URLS"
 
 
 def instances_sync() -> None:
-    """Make sure every URL in COMFYUI_URLS has an instance row (the admin may add more)."""
+    """Make sure every URL in COMFYUI_URLS has an instance row (the admin may add more), and retire
+    the rows that came from COMFYUI_URLS and are no longer in it: disabled, with the reason."""
+    urls = set(settings.COMFYUI_URLS)
     known = set(ComfyInstance.objects.values_list("url", flat=True))
     for url in settings.COMFYUI_URLS:
         if url not in known:
             port = urlsplit(url).port or COMFY_BASE_PORT
             index = port - COMFY_BASE_PORT if 0 <= port - COMFY_BASE_PORT < 64 else None
-            ComfyInstance.objects.get_or_create(url=url, defaults={"gpu_index": index})
+            ComfyInstance.objects.get_or_create(
+                url=url, defaults={"gpu_index": index, "registration_source": ComfyInstance.Source.SETTINGS}
+            )
+    # A row seeded from the setting comes back to life when its URL returns to it.
+    ComfyInstance.objects.filter(
+        url__in=urls, registration_source=ComfyInstance.Source.SETTINGS, enabled=False, last_error=RETIRED
+    ).update(enabled=True, last_error="", state=ComfyInstance.State.DOWN, next_probe_at=None)
+    retired = (
+        ComfyInstance.objects.filter(registration_source=ComfyInstance.Source.SETTINGS, enabled=True)
+        .exclude(url__in=urls)
+        .update(enabled=False, last_error=RETIRED)
+    )
+    if retired:
+        log.warning("instances retired", extra={"event": "instance.retired", "count": retired})
 
 
 def slot_acquire(
-    *, page: BookPage, attempt: int, avoid: str = "", resume_on: str = "", prefer: str = ""
+    *, page: BookPage, attempt: int, claim: uuid.UUID | None, avoid: str = "", resume_on: str = "", prefer: str = ""
 ) -> ComfyInstance | None:
-    """Lease a slot for this attempt, or None when no healthy instance has room (the page waits).
+    """Lease a slot for this claim, or None when no healthy instance has room (the page waits).
 
     ``resume_on``: the instance that already has this attempt's prompt; it is taken even when
     full, because the prompt already occupies its place there. ``prefer``: taken among equally
-    loaded instances (the one this worker process used last)."""
-    now = timezone.now()
-    lease = now + timedelta(seconds=settings.COMFY_LEASE_SEC)
+    loaded instances (the one this worker process used last). A page has one slot row: a new
+    claim takes over the row of an earlier claim of the page, whose holder can then neither renew
+    nor release it."""
     with transaction.atomic():
         # Locking the instance rows serialises slot counting across workers (a few ms each).
         rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
@@ -59,16 +80,15 @@ def slot_acquire(
             instances_sync()  # a URL new in COMFYUI_URLS: only then a second query
             rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
         instances = [i for i in rows if i.enabled]
-        _slots_delete(page=page)  # an earlier attempt's lease of this page
         if resume_on:
             chosen = next((i for i in instances if i.url == resume_on), None)
             if chosen is None or chosen.state != ComfyInstance.State.UP:
                 return None
         else:
             live = Counter(
-                InstanceSlot.objects.filter(expires_at__gt=now, instance__in=instances).values_list(
-                    "instance_id", flat=True
-                )
+                InstanceSlot.objects.filter(expires_at__gt=Now(), instance__in=instances)
+                .exclude(page=page)
+                .values_list("instance_id", flat=True)
             )
             open_ = [i for i in instances if i.state == ComfyInstance.State.UP and live[i.pk] < i.slots]
             candidates = [i for i in open_ if i.url != avoid] or open_
@@ -79,24 +99,27 @@ def slot_acquire(
                 candidates,
                 key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.url != prefer, i.pk),
             )
-        InstanceSlot.objects.create(instance=chosen, page=page, attempt=attempt, expires_at=lease)
+        # The page's one slot row, whoever held it before (an earlier claim or attempt).
+        InstanceSlot.objects.filter(page=page)._raw_delete(InstanceSlot.objects.db)
+        InstanceSlot.objects.create(
+            instance=chosen, page=page, attempt=attempt, claim=claim, expires_at=db_in(settings.COMFY_LEASE_SEC)
+        )
     return chosen
 
 
-def slot_renew(*, page_id: int, attempt: int) -> None:
-    InstanceSlot.objects.filter(page_id=page_id, attempt=attempt).update(
-        expires_at=timezone.now() + timedelta(seconds=settings.COMFY_LEASE_SEC)
-    )
+def slot_renew(*, page_id: int, claim: uuid.UUID | None) -> None:
+    InstanceSlot.objects.filter(page_id=page_id, claim=claim).update(expires_at=db_in(settings.COMFY_LEASE_SEC))
 
 
-def slot_release(*, page_id: int, attempt: int) -> None:
-    _slots_delete(page_id=page_id, attempt=attempt)
-
-
-def _slots_delete(**where: object) -> None:
+def slot_release(*, page_id: int, claim: uuid.UUID | None) -> None:
     # One DELETE statement: nothing refers to a slot, so Django's collector (and the transaction
     # it opens around it) has nothing to do.
-    InstanceSlot.objects.filter(**where)._raw_delete(InstanceSlot.objects.db)
+    InstanceSlot.objects.filter(page_id=page_id, claim=claim)._raw_delete(InstanceSlot.objects.db)
+
+
+def instance_busy_elsewhere(*, url: str, page_id: int) -> bool:
+    """Whether another page holds a live slot on this instance (so a /free would thrash it)."""
+    return InstanceSlot.objects.filter(instance__url=url, expires_at__gt=Now()).exclude(page_id=page_id).exists()
 
 
 def instance_failed(*, url: str, error: str) -> None:
@@ -122,12 +145,41 @@ def instance_any_up() -> bool:
 
 
 def instance_succeeded(*, url: str) -> None:
-    ComfyInstance.objects.filter(url=url, consecutive_failures__gt=0).update(consecutive_failures=0)
+    """A call answered: the instance is up, whoever saw it (a worker, its gate or the prober)."""
+    ComfyInstance.objects.filter(url=url, consecutive_failures__gt=0, state=ComfyInstance.State.UP).update(
+        consecutive_failures=0
+    )
+    instance_seen_up(url=url)
+
+
+def instance_seen_up(*, url: str) -> bool:
+    """Mark a down instance up the moment anything sees it answer; True if it was down."""
+    marked = ComfyInstance.objects.filter(url=url, enabled=True, state=ComfyInstance.State.DOWN).update(
+        state=ComfyInstance.State.UP,
+        down_since=None,
+        consecutive_failures=0,
+        last_error="",
+        probe_backoff_sec=0,
+        next_probe_at=Now(),
+    )
+    if marked:
+        log.warning("instance up", extra={"event": "instance.up", "instance": url})
+    return bool(marked)
+
+
+def instance_answers(url: str) -> bool:
+    """The one definition of "answering", shared by the prober, the worker gate and the client:
+    /system_stats within the client's own timeout (COMFY_HTTP_TIMEOUT_SEC). Slow is not down."""
+    try:
+        ComfyClient(url, timeout=settings.COMFY_HTTP_TIMEOUT_SEC).system_stats()
+    except ComfyError:
+        return False
+    return True
 
 
 def instance_probe(instance: ComfyInstance) -> bool:
     """Ask one instance for /system_stats and /prompt; record its state and readings."""
-    client = ComfyClient(instance.url, timeout=PROBE_TIMEOUT_SEC)
+    client = ComfyClient(instance.url, timeout=settings.COMFY_HTTP_TIMEOUT_SEC)
     now = timezone.now()
     try:
         stats = client.system_stats()

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from renders import routing, services
-from renders.comfy import ComfyError, ErrorKind
+from renders import render, routing, services
 
 
 @shared_task(name="renders.tasks.render_page", ignore_result=True)
 def render_page(page_id: int, attempt: int) -> str:
     try:
-        return services.page_render(page_id=page_id, attempt=attempt)
+        return render.page_render(page_id=page_id, attempt=attempt)
     except (OperationalError, InterfaceError):
-        # The database connection dropped (a PostgreSQL restart, a killed backend): reconnect
-        # and hand the page back at once, rather than leave it Rendering until its lease lapses.
+        # The database went away before the page was claimed: nothing changed. The sweeper
+        # publishes the page again once it is overdue.
         close_old_connections()
-        services.page_hand_back(page_id=page_id, attempt=attempt)
-        return "handed back"
-    except SoftTimeLimitExceeded:
-        error = ComfyError(ErrorKind.TIMEOUT, "the worker's soft time limit ran out", retryable=True)
-        return services.page_fail(page_id=page_id, attempt=attempt, error=error, record=None)
+        return "database unavailable"
 
 
 # When the sweeper last ran: the health server's proof that beat (and a worker) are alive.

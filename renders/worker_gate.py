@@ -18,12 +18,10 @@ from typing import Any
 
 from celery import bootsteps
 from django.conf import settings
-
-from renders.comfy import ComfyClient, ComfyError
+from django.db import DatabaseError, connection
 
 log = logging.getLogger("bookrender.worker_gate")
-CHECK_INTERVAL_SEC = 2.0
-PROBE_TIMEOUT_SEC = 2.0
+CHECK_INTERVAL_SEC = 1.0
 
 
 def worker_instances() -> list[str]:
@@ -31,13 +29,23 @@ def worker_instances() -> list[str]:
 
 
 def any_instance_healthy(urls: list[str]) -> bool:
+    """Whether one of ``urls`` answers (routing.instance_answers: the same definition as the
+    prober's and the client's). Each instance seen answering is marked up at once, so work goes to
+    a restarted ComfyUI within a second of it answering, not at the prober's next round."""
+    from renders.routing import instance_answers, instance_seen_up  # models: not at import time
+
+    healthy = False
     for url in urls:
-        try:
-            ComfyClient(url, timeout=PROBE_TIMEOUT_SEC).system_stats()
-            return True
-        except ComfyError:
+        if not instance_answers(url):
             continue
-    return False
+        healthy = True
+        try:
+            instance_seen_up(url=url)
+        except DatabaseError:
+            pass  # the prober marks it up too
+        finally:
+            connection.close()  # this thread's own connection; do not keep it between checks
+    return healthy
 
 
 class HealthGate(bootsteps.StartStopStep):

@@ -29,19 +29,21 @@ def audit_books(
     1. No page lost: every page is Done or Needs attention, and each book has the pages it was
        created with (``expected_pages``: book id -> page count).
     2. A Done page has its image, named for the attempt that made it, and that attempt succeeded;
-       the media folder holds exactly that one file for the page (a second file is a second
-       committed image). A page never regenerated has one successful attempt at most.
-    3. A page that Needs attention is flagged needs_regeneration, has no image, and its errors
-       are structured entries with a known kind.
+       the media folder holds exactly the files of the page's versions (one per successful
+       attempt): any other file was written by a superseded or lost claim and left behind. A page
+       never regenerated has one successful attempt at most.
+    3. A page that Needs attention is flagged needs_regeneration, keeps only the images of its
+       earlier versions (a failed regenerate hides no good image), and its errors are structured
+       entries with a known kind.
     4. Every failed attempt is counted: retry_count equals the number of error entries.
     5. ComfyUI was sent each attempt's prompt once at most (``submissions``: prompt id -> times
        received, from the simulators), and nothing it was sent is unknown to the database.
     6. No attempt is still marked running once its page has settled.
     """
-    from books.models import Book, BookPage
+    from books.models import Book, BookPage, PageVersion
     from renders.comfy import ErrorKind
     from renders.models import RenderAttempt
-    from renders.services import page_image_name
+    from renders.services import page_image_prefix
 
     kinds = {str(kind) for kind in ErrorKind}
     problems: list[str] = []
@@ -72,19 +74,23 @@ def audit_books(
 
         if page.status not in (BookPage.Status.DONE, BookPage.Status.FAILED):
             problems.append(f"{where}: lost, still {page.get_status_display()} (attempt {page.attempt})")
+        versions = sorted(Path(v).name for v in PageVersion.objects.filter(page=page).values_list("image", flat=True))
+        if files != versions:
+            problems.append(f"{where}: image files {files}, but its versions are {versions}")
+        image = str(page.image.name or "")
         if page.status == BookPage.Status.DONE:
-            expected = page_image_name(page, page.image_attempt or 0)
-            if not page.image or page.image.name != expected:
-                problems.append(f"{where}: Done, but its image is {page.image.name!r}, not {expected!r}")
-            if files != [Path(expected).name]:
-                problems.append(f"{where}: Done with image files {files} (expected only {Path(expected).name})")
+            prefix = page_image_prefix(page, page.image_attempt or 0)
+            if not image.startswith(prefix):
+                problems.append(f"{where}: Done, but its image {image!r} is not attempt {page.image_attempt}'s")
+            elif Path(image).name not in files:
+                problems.append(f"{where}: Done, but its image file {image} does not exist")
             if not any(a.number == page.image_attempt for a in successes):
                 problems.append(f"{where}: its image is from attempt {page.image_attempt}, which did not succeed")
         if page.status == BookPage.Status.FAILED:
             if not page.needs_regeneration:
                 problems.append(f"{where}: Needs attention but not flagged needs_regeneration")
-            if files or page.image:
-                problems.append(f"{where}: Needs attention but has image files {files}")
+            if image and Path(image).name not in versions:
+                problems.append(f"{where}: Needs attention with an image {image} that is no version")
             latest = page.latest_error
             if not isinstance(latest, dict):
                 problems.append(f"{where}: Needs attention without an error")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from books.models import BookPage
+from books.models import BookPage, PageVersion
 from books.services import PageSpec, book_create
 from comfysim.testing import image_graph
 from ops.faults import __main__ as runner
@@ -80,11 +80,12 @@ def test_the_proxy_cuts_a_connection_that_stays_open_and_adds_latency(echo_serve
 
 def done_page(page: BookPage, media: Path, attempt: int = 1) -> RenderAttempt:
     """What page_finish leaves behind: the image file, the page Done, one successful attempt."""
-    name = page_image_name(page, attempt)
+    name = page_image_name(page, attempt, uuid.uuid4())
     (media / name).parent.mkdir(parents=True, exist_ok=True)
     (media / name).write_bytes(b"png")
     page.image.name, page.image_attempt, page.status, page.attempt = name, attempt, Status.DONE, attempt
     page.save()
+    PageVersion.objects.create(page=page, attempt=attempt, image=name)
     return RenderAttempt.objects.create(
         page=page, number=attempt, prompt_id=prompt_id_for(page, attempt), instance_url="http://gpu0",
         workflow="model-free", seed=1, outcome=RenderAttempt.Outcome.SUCCESS,
@@ -115,8 +116,8 @@ def test_the_audit_catches_a_lost_page_a_second_image_and_a_second_submission(fo
     book, pages, media = four_pages
     first = done_page(pages[0], media)
     done_page(pages[1], media)
-    second_image = media / page_image_name(pages[1], 2)
-    second_image.write_bytes(b"another png")  # a second committed image for the page
+    second_image = media / page_image_name(pages[1], 2, uuid.uuid4())
+    second_image.write_bytes(b"another png")  # a file no version has: a lost claim's, left behind
     # pages[2] stays Pending: lost.
     pages[3].status = Status.FAILED  # Needs attention, but without the flag or a structured error
     pages[3].image_error = ["it broke"]
@@ -127,7 +128,7 @@ def test_the_audit_catches_a_lost_page_a_second_image_and_a_second_submission(fo
 
     text = "\n".join(problems)
     assert f"book {book.pk}: 4 pages, created with 5" in text
-    assert "page 2: Done with image files" in text and second_image.name in text
+    assert "page 2: image files" in text and second_image.name in text
     assert "page 3: lost, still Pending" in text
     assert "page 4: Needs attention but not flagged needs_regeneration" in text
     assert "page 4: an error entry is not structured" in text

@@ -13,7 +13,7 @@ from django.test import override_settings
 from books.models import BookPage
 from books.services import PageSpec, book_create
 from renders.models import RenderAttempt
-from renders.services import page_enqueue, page_image_name
+from renders.services import page_enqueue, page_image_prefix
 from tests.conftest import wait_for
 
 Status = BookPage.Status
@@ -145,7 +145,7 @@ def test_low_vram_defers_the_page_without_using_a_retry(alice, tmp_path, start_w
     assert attempt.telemetry["VramBeforeSource"] == "system_stats"
 
 
-def test_a_rerun_while_the_old_attempt_renders_keeps_only_the_new_image(alice, simulator, start_worker, broker):
+def test_a_rerun_while_the_old_attempt_renders_stores_only_the_new_image(alice, simulator, start_worker, broker):
     simulator.set_faults(render_time="3")
     start_worker(COMFYUI_URLS=simulator.url, concurrency=2, **FAST)
     page = one_page(alice)
@@ -157,7 +157,9 @@ def test_a_rerun_while_the_old_attempt_renders_keeps_only_the_new_image(alice, s
     first, second = attempts(page)
     assert first.outcome == "superseded" and second.outcome == "success"
     stored = sorted(p.name for p in Path(page.image.path).parent.glob(f"page-{page.number:04d}-*"))
-    assert stored == [Path(page_image_name(page, 2)).name]  # one image, the new attempt's
+    assert stored == [Path(str(page.image.name)).name]  # one image, the new attempt's
+    assert page.image.name.startswith(page_image_prefix(page, 2))
+    assert [v.attempt for v in page.versions.all()] == [2]
     assert page.retry_count == 0
 
 

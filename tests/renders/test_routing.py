@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -22,6 +24,66 @@ def pages(alice) -> list[BookPage]:
     return [BookPage.objects.create(book=book, number=n, prompt="p") for n in range(1, 7)]
 
 
+TOKENS: dict[int, uuid.UUID] = {}
+
+
+def take(page: BookPage, attempt: int = 1, **kwargs: Any) -> Any:
+    """A slot for a new claim of the page (its token kept in TOKENS)."""
+    TOKENS[page.pk] = uuid.uuid4()
+    return routing.slot_acquire(page=page, attempt=attempt, claim=TOKENS[page.pk], **kwargs)
+
+
+@override_settings(COMFYUI_URLS=URLS)
+def test_a_slot_answers_only_to_the_claim_that_holds_it(pages):
+    first = uuid.uuid4()
+    routing.slot_acquire(page=pages[0], attempt=1, claim=first)
+    second = uuid.uuid4()  # the page was resumed: the new claim takes over the page's slot row
+    routing.slot_acquire(page=pages[0], attempt=1, claim=second, resume_on=URLS[0])
+    routing.slot_release(page_id=pages[0].pk, claim=first)  # the old holder cannot free it
+    routing.slot_renew(page_id=pages[0].pk, claim=first)
+    assert list(InstanceSlot.objects.values_list("claim", flat=True)) == [second]
+    routing.slot_release(page_id=pages[0].pk, claim=second)
+    assert not InstanceSlot.objects.exists()
+
+
+@override_settings(COMFYUI_URLS=[URLS[0]])
+def test_an_instance_that_leaves_comfyui_urls_is_retired_and_comes_back_with_it():
+    ComfyInstance.objects.create(url=URLS[1], registration_source="settings")
+    ComfyInstance.objects.create(url="http://added-by-hand:8188")
+    routing.instances_sync()
+    retired = ComfyInstance.objects.get(url=URLS[1])
+    assert not retired.enabled and retired.last_error == routing.RETIRED
+    assert ComfyInstance.objects.get(url="http://added-by-hand:8188").enabled  # the admin's own
+    probed = set(ComfyInstance.objects.filter(enabled=True).values_list("url", flat=True))  # what the prober asks
+    assert probed == {URLS[0], "http://added-by-hand:8188"}
+    with override_settings(COMFYUI_URLS=URLS):
+        routing.instances_sync()
+    assert ComfyInstance.objects.get(url=URLS[1]).enabled
+
+
+@override_settings(COMFYUI_URLS=URLS)
+def test_an_instance_is_up_the_moment_anything_sees_it_answer():
+    routing.instances_sync()
+    ComfyInstance.objects.filter(url=URLS[0]).update(state="down", next_probe_at=timezone.now() + timedelta(seconds=30))
+    routing.instance_succeeded(url=URLS[0])  # a worker's call answered, or its gate saw it
+    assert ComfyInstance.objects.get(url=URLS[0]).state == "up"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slow_is_not_down_for_the_prober_the_gate_and_the_client(simulator, settings):
+    """An instance answering within COMFY_HTTP_TIMEOUT_SEC is up for all three."""
+    from renders.worker_gate import any_instance_healthy
+
+    settings.COMFY_HTTP_TIMEOUT_SEC = 5
+    simulator.set_faults(latency=3.5)
+    instance = ComfyInstance.objects.create(url=simulator.url, state="down")
+    assert routing.instance_answers(simulator.url)
+    assert any_instance_healthy([simulator.url])
+    assert ComfyInstance.objects.get(pk=instance.pk).state == "up"  # the gate marked it up
+    ComfyInstance.objects.filter(pk=instance.pk).update(state="down")
+    assert routing.instance_probe(instance) is True
+
+
 @override_settings(COMFYUI_URLS=URLS)
 def test_instances_come_from_comfyui_urls_with_their_gpu_index():
     routing.instances_sync()
@@ -33,27 +95,27 @@ def test_instances_come_from_comfyui_urls_with_their_gpu_index():
 
 @override_settings(COMFYUI_URLS=URLS)
 def test_attempts_go_to_the_least_loaded_instance_until_every_slot_is_taken(pages):
-    chosen = [routing.slot_acquire(page=p, attempt=1) for p in pages[:5]]
+    chosen = [take(p) for p in pages[:5]]
     assert [i.url if i else None for i in chosen] == [URLS[0], URLS[1], URLS[0], URLS[1], None]
 
 
 @override_settings(COMFYUI_URLS=URLS)
 def test_among_equally_loaded_instances_the_preferred_one_is_taken(pages):
-    assert routing.slot_acquire(page=pages[0], attempt=1, prefer=URLS[1]).url == URLS[1]
+    assert take(pages[0], attempt=1, prefer=URLS[1]).url == URLS[1]
     # gpu1 now holds a lease: the less loaded gpu0 wins over the preference.
-    assert routing.slot_acquire(page=pages[1], attempt=1, prefer=URLS[1]).url == URLS[0]
-    assert routing.slot_acquire(page=pages[2], attempt=1, prefer=URLS[1]).url == URLS[1]
+    assert take(pages[1], attempt=1, prefer=URLS[1]).url == URLS[0]
+    assert take(pages[2], attempt=1, prefer=URLS[1]).url == URLS[1]
 
 
 @override_settings(COMFYUI_URLS=URLS)
 def test_a_released_or_expired_slot_is_free_again(pages):
     for page in pages[:4]:
-        routing.slot_acquire(page=page, attempt=1)
-    assert routing.slot_acquire(page=pages[4], attempt=1) is None
-    routing.slot_release(page_id=pages[0].pk, attempt=1)
-    assert routing.slot_acquire(page=pages[4], attempt=1).url == URLS[0]
+        take(page)
+    assert take(pages[4], attempt=1) is None
+    routing.slot_release(page_id=pages[0].pk, claim=TOKENS[pages[0].pk])
+    assert take(pages[4], attempt=1).url == URLS[0]
     InstanceSlot.objects.filter(page=pages[1]).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert routing.slot_acquire(page=pages[5], attempt=1).url == URLS[1]  # a dead worker's lease
+    assert take(pages[5], attempt=1).url == URLS[1]  # a dead worker's lease
 
 
 @override_settings(COMFYUI_URLS=URLS)
@@ -61,19 +123,19 @@ def test_down_and_disabled_instances_get_no_work(pages):
     routing.instances_sync()
     ComfyInstance.objects.filter(url=URLS[0]).update(state="down")
     ComfyInstance.objects.filter(url=URLS[1]).update(enabled=False)
-    assert routing.slot_acquire(page=pages[0], attempt=1) is None
+    assert take(pages[0], attempt=1) is None
 
 
 @override_settings(COMFYUI_URLS=URLS)
 def test_a_retry_avoids_the_instance_that_failed_when_there_is_another(pages):
-    assert routing.slot_acquire(page=pages[0], attempt=1, avoid=URLS[0]).url == URLS[1]
+    assert take(pages[0], attempt=1, avoid=URLS[0]).url == URLS[1]
 
 
 @override_settings(COMFYUI_URLS=URLS)
 def test_a_resumed_attempt_goes_back_to_the_instance_with_its_prompt_even_when_full(pages):
     for page in pages[:4]:
-        routing.slot_acquire(page=page, attempt=1)
-    assert routing.slot_acquire(page=pages[4], attempt=3, resume_on=URLS[1]).url == URLS[1]
+        take(page)
+    assert take(pages[4], attempt=3, resume_on=URLS[1]).url == URLS[1]
 
 
 @override_settings(COMFYUI_URLS=URLS)

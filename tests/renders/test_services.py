@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.core.files.storage import default_storage
+from django.db.models.functions import Now
 from django.test import override_settings
-from django.utils import timezone
 
 from books.models import Book, BookPage
-from renders import services
+from renders import render, services
 from renders.comfy import ComfyError, ErrorKind, HistoryEntry, WaitResult
+from renders.lease import db_now
 from renders.models import RenderAttempt
+from tests.conftest import wait_for
 
 Status = BookPage.Status
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -29,19 +30,23 @@ def page(alice) -> BookPage:
     return page
 
 
-def claim(page: BookPage) -> BookPage:
+def claim(page: BookPage) -> services.Claim:
     claimed = services.page_claim(page_id=page.pk, attempt=page.attempt)
     assert claimed is not None
     return claimed
 
 
-def fail(page: BookPage, kind: ErrorKind = ErrorKind.UNAVAILABLE, **kwargs) -> str:
+def fail(held: services.Claim, kind: ErrorKind = ErrorKind.UNAVAILABLE, **kwargs) -> str:
     return services.page_fail(
-        page_id=page.pk,
-        attempt=page.attempt,
+        claim=held,
         error=ComfyError(kind, f"{kind} happened", instance="http://gpu0:8188", **kwargs),
         record=None,
     )
+
+
+def db_due_now(page: BookPage) -> None:
+    """The backoff is over (on the database's clock)."""
+    BookPage.objects.filter(pk=page.pk).update(next_attempt_at=Now())
 
 
 def test_enqueue_advances_the_attempt_and_queues_the_page(page):
@@ -59,40 +64,86 @@ def test_enqueue_never_queues_a_page_twice(page):
     assert BookPage.objects.get(pk=page.pk).attempt == 1
 
 
-def test_a_claim_is_a_conditional_update(page):
+def test_a_claim_is_a_conditional_update_with_a_fencing_token(page):
     assert services.page_claim(page_id=page.pk, attempt=page.attempt + 1) is None  # not current
-    claimed = claim(page)
-    assert claimed.status == Status.RENDERING and claimed.lease_expires_at > timezone.now()
+    held = claim(page)
+    row = BookPage.objects.get(pk=page.pk)
+    assert row.status == Status.RENDERING and row.lease_expires_at > db_now() and row.claim == held.token
     assert services.page_claim(page_id=page.pk, attempt=page.attempt) is None  # a duplicate message
 
 
-def test_a_message_delivered_before_the_backoff_is_over_claims_nothing(page):
-    BookPage.objects.filter(pk=page.pk).update(next_attempt_at=timezone.now() + timedelta(seconds=30))
+def test_a_message_delivered_before_the_backoff_is_over_claims_nothing_and_is_published_again(page, monkeypatch):
+    published: list[tuple[tuple[int, int], float]] = []
+    monkeypatch.setattr(
+        "renders.tasks.render_page.apply_async",
+        lambda args, countdown=0, **kw: published.append((tuple(args), countdown)),
+    )
+    BookPage.objects.filter(pk=page.pk).update(next_attempt_at=db_now() + timedelta(seconds=30))
     assert services.page_claim(page_id=page.pk, attempt=page.attempt) is None
+    [(message, countdown)] = published
+    assert message == (page.pk, page.attempt) and 20 < countdown <= 30
 
 
 def test_the_heartbeat_notices_a_superseded_attempt(page):
-    claim(page)
-    services.page_heartbeat(page_id=page.pk, attempt=page.attempt)
-    BookPage.objects.filter(pk=page.pk).update(attempt=page.attempt + 1, status=Status.QUEUED)
+    held = claim(page)
+    services.page_heartbeat(held)
+    BookPage.objects.filter(pk=page.pk).update(attempt=page.attempt + 1, status=Status.QUEUED, claim=None)
     with pytest.raises(services.Superseded):
-        services.page_heartbeat(page_id=page.pk, attempt=page.attempt)
+        services.page_heartbeat(held)
+
+
+def test_a_worker_whose_page_was_resumed_loses_its_claim_and_changes_nothing(page, png_bytes):
+    """Slow but alive: its lease lapsed, the sweeper handed the page on (same attempt), and a
+    second worker claimed it. Every step of the first worker now fails, and tells it why."""
+    first = claim(page)
+    BookPage.objects.filter(pk=page.pk).update(lease_expires_at=db_now() - timedelta(seconds=1))
+    assert services.page_resume(page_id=page.pk, attempt=page.attempt, token=first.token)
+    second = claim(page)
+    assert second.token != first.token and second.attempt == first.attempt
+    with pytest.raises(services.ClaimLost):
+        services.page_heartbeat(first)
+    assert fail(first) == "lost"
+    assert services.page_defer(claim=first, seconds=5, note="x") is False
+    assert services.page_hand_back(claim=first) is False
+    record = attempt_record(page)
+    assert services.page_finish(claim=first, record=record, image=png_bytes, result=a_result(), telemetry={}) is False
+    row = BookPage.objects.get(pk=page.pk)
+    assert (row.status, row.claim, row.retry_count) == (Status.RENDERING, second.token, 0)
+    assert RenderAttempt.objects.get(pk=record.pk).outcome == RenderAttempt.Outcome.RUNNING  # the second's now
+    # The second worker finishes; its file is the page's, and the first's file is gone.
+    assert services.page_finish(claim=second, record=record, image=png_bytes, result=a_result(), telemetry={})
+    row.refresh_from_db()
+    assert row.status == Status.DONE and default_storage.exists(str(row.image.name))
+    assert row.image.name.endswith(f"{second.token.hex[:12]}.png")
+    assert not default_storage.exists(services.page_image_name(page, page.attempt, first.token))
+    assert RenderAttempt.objects.get(pk=record.pk).outcome == RenderAttempt.Outcome.SUCCESS
+
+
+def test_attempt_outcomes_change_only_from_running(page, png_bytes):
+    held = claim(page)
+    record = attempt_record(page)
+    assert services.page_finish(claim=held, record=record, image=png_bytes, result=a_result(), telemetry={})
+    # A late, stale failure of the same attempt cannot turn its success into a failure.
+    services.page_fail(claim=held, error=ComfyError(ErrorKind.EXECUTION, "late"), record=record)
+    assert RenderAttempt.objects.get(pk=record.pk).outcome == RenderAttempt.Outcome.SUCCESS
 
 
 @override_settings(COMFY_RETRY_BACKOFF_SEC=[15, 45, 90], COMFY_MAX_RETRIES=3)
 def test_failures_retry_on_the_backoff_schedule_then_need_attention(page):
+    """The backoff is measured on the database's clock, which decides when the page is due."""
     expected = [15, 45, 90]
-    with time_machine.travel(NOW, tick=False):
-        for retry, base in enumerate(expected, start=1):
-            page = claim(BookPage.objects.get(pk=page.pk))
-            assert fail(page) == "retry"
-            page.refresh_from_db()
-            assert page.status == Status.QUEUED and page.attempt == retry + 1
-            delay = (page.next_attempt_at - NOW).total_seconds()
-            assert base * 0.9 <= delay <= base * 1.1, (retry, delay)
-            BookPage.objects.filter(pk=page.pk).update(next_attempt_at=NOW)
-        page = claim(BookPage.objects.get(pk=page.pk))
-        assert fail(page) == "failed"
+    for retry, base in enumerate(expected, start=1):
+        held = claim(BookPage.objects.get(pk=page.pk))
+        before = db_now()
+        assert fail(held) == "retry"
+        after = db_now()
+        page.refresh_from_db()
+        assert page.status == Status.QUEUED and page.attempt == retry + 1
+        assert before + timedelta(seconds=base * 0.9) <= page.next_attempt_at, retry
+        assert page.next_attempt_at <= after + timedelta(seconds=base * 1.1), retry
+        db_due_now(page)
+    held = claim(BookPage.objects.get(pk=page.pk))
+    assert fail(held) == "failed"
     page.refresh_from_db()
     assert page.status == Status.FAILED and page.needs_regeneration
     assert page.retry_count == 4 == len(page.image_error)
@@ -114,11 +165,11 @@ def test_backoff_has_jitter():
 
 
 def test_a_validation_failure_is_retried_once_then_flagged(page):
-    page = claim(page)
-    assert fail(page, ErrorKind.VALIDATION, node_id="1", node_type="EmptyImage") == "retry"
-    BookPage.objects.filter(pk=page.pk).update(next_attempt_at=timezone.now())
-    page = claim(BookPage.objects.get(pk=page.pk))
-    assert fail(page, ErrorKind.VALIDATION, node_id="1", node_type="EmptyImage") == "failed"
+    held = claim(page)
+    assert fail(held, ErrorKind.VALIDATION, node_id="1", node_type="EmptyImage") == "retry"
+    db_due_now(page)
+    held = claim(BookPage.objects.get(pk=page.pk))
+    assert fail(held, ErrorKind.VALIDATION, node_id="1", node_type="EmptyImage") == "failed"
     page.refresh_from_db()
     assert page.status == Status.FAILED and page.needs_regeneration and page.retry_count == 2
     assert page.latest_error["node_type"] == "EmptyImage"
@@ -132,37 +183,71 @@ def test_an_unreachable_instance_is_avoided_on_the_retry(page):
 @override_settings(COMFY_MAX_RETRIES=1)
 def test_a_regenerate_gets_a_fresh_retry_budget_and_keeps_the_history(page):
     for _ in range(2):
-        BookPage.objects.filter(pk=page.pk).update(next_attempt_at=timezone.now())
-        page = claim(BookPage.objects.get(pk=page.pk))
-        fail(page)
+        db_due_now(page)
+        fail(claim(BookPage.objects.get(pk=page.pk)))
     page.refresh_from_db()
     assert page.status == Status.FAILED
     assert services.page_enqueue(page_id=page.pk, by="user:1", reason="regenerate").queued
-    page = claim(BookPage.objects.get(pk=page.pk))
-    assert fail(page) == "retry"
+    assert fail(claim(BookPage.objects.get(pk=page.pk))) == "retry"
     page.refresh_from_db()
     assert page.retry_count == 3 == len(page.image_error)
     assert not page.needs_regeneration
 
 
 def test_a_stale_attempt_never_overwrites_a_newer_image(page, png_bytes):
-    page = claim(page)
-    record = RenderAttempt.objects.create(
-        page=page,
-        number=page.attempt,
-        prompt_id=services.prompt_id_for(page, page.attempt),
-        instance_url="http://gpu0:8188",
-        workflow="model-free",
-        seed=1,
-    )
+    held = claim(page)
+    record = attempt_record(page)
     # A regenerate supersedes attempt 1 while it renders.
-    BookPage.objects.filter(pk=page.pk).update(status=Status.QUEUED, attempt=2)
-    finished = services.page_finish(record=record, image=png_bytes, result=a_result(), telemetry={})
+    services.page_enqueue(page_id=page.pk, by="admin:1", reason="admin_rerun", force=True)
+    finished = services.page_finish(claim=held, record=record, image=png_bytes, result=a_result(), telemetry={})
     assert finished is False
     page.refresh_from_db()
     assert page.status == Status.QUEUED and not page.image
     assert RenderAttempt.objects.get(pk=record.pk).outcome == RenderAttempt.Outcome.SUPERSEDED
-    assert not default_storage.exists(services.page_image_name(page, 1))
+    assert not default_storage.exists(services.page_image_name(page, 1, held.token))
+
+
+def test_every_success_is_kept_as_a_version_and_a_failed_regenerate_keeps_the_chosen_image(page, png_bytes):
+    first = claim(page)
+    assert services.page_finish(
+        claim=first, record=attempt_record(page), image=png_bytes, result=a_result(), telemetry={}
+    )
+    page.refresh_from_db()
+    chosen = str(page.image.name)
+    services.page_enqueue(page_id=page.pk, by="user:1", reason="regenerate")
+    page.refresh_from_db()
+    second = claim(page)
+    assert services.page_finish(
+        claim=second, record=attempt_record(page), image=png_bytes, result=a_result(), telemetry={}
+    )
+    page.refresh_from_db()
+    assert [v.attempt for v in page.versions.all()] == [2, 1] and page.image_attempt == 2
+    assert default_storage.exists(chosen)  # the earlier image is still there
+    services.page_version_choose(page=page, version=page.versions.get(attempt=1))
+    services.page_enqueue(page_id=page.pk, by="user:1", reason="regenerate")
+    page.refresh_from_db()
+    with override_settings(COMFY_MAX_RETRIES=0):
+        assert fail(claim(page), ErrorKind.EXECUTION) == "failed"
+    page.refresh_from_db()
+    assert page.status == Status.FAILED and page.image.name == chosen and default_storage.exists(chosen)
+
+
+@override_settings(BOOKRENDER_PAGE_VERSIONS_KEPT=2)
+def test_old_versions_are_pruned_but_never_the_chosen_one(page, png_bytes):
+    for _ in range(4):
+        page.refresh_from_db()
+        held = claim(page)
+        services.page_finish(claim=held, record=attempt_record(page), image=png_bytes, result=a_result(), telemetry={})
+        if held.attempt == 1:
+            oldest = str(BookPage.objects.get(pk=page.pk).image.name)
+            services.page_version_choose(page=page, version=page.versions.get(attempt=1))
+        services.versions_prune(page_id=page.pk)
+        services.page_enqueue(page_id=page.pk, by="user:1", reason="regenerate")
+    page.refresh_from_db()
+    # Attempt 4 became the chosen image when it finished; 3 is the other one kept; 1 and 2 went.
+    assert sorted(v.attempt for v in page.versions.all()) == [3, 4]
+    assert not default_storage.exists(oldest)
+    assert page.image_attempt == 4
 
 
 def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
@@ -207,6 +292,21 @@ def test_prompt_ids_are_derived_from_page_and_attempt(page):
     assert services.prompt_id_for(page, 1) != services.prompt_id_for(page, 2)
 
 
+def attempt_record(page: BookPage) -> RenderAttempt:
+    page.refresh_from_db()
+    record, _ = RenderAttempt.objects.get_or_create(
+        page=page,
+        number=page.attempt,
+        defaults={
+            "prompt_id": services.prompt_id_for(page, page.attempt),
+            "instance_url": "http://gpu0:8188",
+            "workflow": "model-free",
+            "seed": 1,
+        },
+    )
+    return record
+
+
 def a_result() -> WaitResult:
     entry = HistoryEntry("p", "success", [], None, 1, 2)
     return WaitResult(entry, 1, "success", time.time())
@@ -224,11 +324,11 @@ def png_bytes() -> bytes:
 
 
 def test_a_page_whose_worker_lost_the_database_is_handed_back_at_once(page):
-    claim(page)
-    assert services.page_hand_back(page_id=page.pk, attempt=page.attempt) is True
+    held = claim(page)
+    assert services.page_hand_back(claim=held) is True
     page.refresh_from_db()
     assert page.status == Status.QUEUED and page.attempt == 1 and page.retry_count == 0
-    assert services.page_hand_back(page_id=page.pk, attempt=page.attempt) is False  # only a rendering page
+    assert services.page_hand_back(claim=held) is False  # only a rendering page it holds
 
 
 @pytest.fixture
@@ -257,17 +357,19 @@ def test_a_page_with_no_free_slot_takes_the_first_one_that_frees(one_slot_book):
     from renders import routing
 
     first, second = one_slot_book
-    assert routing.slot_acquire(page=first, attempt=1) is not None  # the only slot
+    token = uuid.uuid4()
+    assert routing.slot_acquire(page=first, attempt=1, claim=token) is not None  # the only slot
+    released = threading.Event()
 
     def release_soon() -> None:
         time.sleep(0.6)
-        routing.slot_release(page_id=first.pk, attempt=1)
+        routing.slot_release(page_id=first.pk, claim=token)
+        released.set()
         connection.close()
 
     threading.Thread(target=release_soon).start()
-    started = time.monotonic()
-    assert services.page_render(page_id=second.pk, attempt=1) == "done"
-    assert 0.5 < time.monotonic() - started < services.NO_ROOM_WAIT_SEC
+    assert render.page_render(page_id=second.pk, attempt=1) == "done"
+    assert released.is_set()  # it rendered in the slot that freed, not before
     second.refresh_from_db()
     assert "deferred" not in second.job_metadata and second.retry_count == 0
 
@@ -276,10 +378,88 @@ def test_a_page_with_no_free_slot_takes_the_first_one_that_frees(one_slot_book):
 def test_a_page_that_finds_no_slot_in_time_goes_back_to_the_queue_without_a_retry(one_slot_book, monkeypatch):
     from renders import routing
 
-    monkeypatch.setattr(services, "NO_ROOM_WAIT_SEC", 0.5)
+    monkeypatch.setattr(render, "NO_ROOM_WAIT_SEC", 0.5)
     first, second = one_slot_book
-    assert routing.slot_acquire(page=first, attempt=1) is not None
-    assert services.page_render(page_id=second.pk, attempt=1) == "deferred"
+    assert routing.slot_acquire(page=first, attempt=1, claim=uuid.uuid4()) is not None
+    assert render.page_render(page_id=second.pk, attempt=1) == "deferred"
     second.refresh_from_db()
     assert (second.status, second.attempt, second.retry_count) == (Status.QUEUED, 1, 0)
     assert "free slot" in second.job_metadata["deferred"]["note"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_free_is_sent_while_another_page_renders_on_the_instance(one_slot_book, simulator):
+    from renders import routing
+    from renders.models import ComfyInstance
+
+    ComfyInstance.objects.filter(url=simulator.url).update(slots=2)
+    simulator.set_faults(vram_free_mb=500)
+    first, second = one_slot_book
+    assert routing.slot_acquire(page=first, attempt=1, claim=uuid.uuid4()) is not None  # it renders there
+    assert render.page_render(page_id=second.pk, attempt=1) == "deferred"
+    assert simulator.stats()["free_calls"] == 0  # a /free would unload the models under the other page
+    second.refresh_from_db()
+    assert (
+        second.status == Status.QUEUED and second.retry_count == 0 and "VRAM" in second.job_metadata["deferred"]["note"]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(COMFY_VRAM_WAIT_MAX_SEC=1)
+def test_a_page_that_waits_too_long_for_vram_needs_attention_with_a_clear_kind(alice, tmp_path, settings, monkeypatch):
+    from comfysim.testing import running_simulator
+    from renders.models import ComfyInstance
+
+    monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda *args, **kwargs: None)
+    # A GPU whose memory another program holds: /free does not give it back.
+    with running_simulator(output_dir=tmp_path / "out", args=["--vram-free-mb", "500"]) as sim:
+        settings.COMFYUI_URLS = [sim.url]
+        ComfyInstance.objects.create(url=sim.url)
+        book = Book.objects.create(owner=alice, title="Short of memory", workflow="model-free")
+        page = BookPage.objects.create(book=book, number=1, prompt="p", overrides={"width": 32, "height": 32})
+        services.page_enqueue(page_id=page.pk, by="test", reason="create")
+        assert render.page_render(page_id=page.pk, attempt=1) == "deferred"
+        page.refresh_from_db()
+        assert page.job_metadata["vram_wait"]["attempt"] == 1
+        BookPage.objects.filter(pk=page.pk).update(next_attempt_at=Now())
+        time.sleep(1.1)  # the bound (1 s) has passed since the first deferral, by the database's clock
+        assert render.page_render(page_id=page.pk, attempt=1) == "failed"
+        assert sim.stats()["submitted"] == 0
+    page.refresh_from_db()
+    assert page.status == Status.FAILED and page.latest_error["kind"] == "low_vram"
+    assert "1000 MB" in page.latest_error["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_soft_time_limit_cancels_the_prompt_on_comfyui(one_slot_book, simulator, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from renders.comfy import PromptWatcher
+
+    simulator.set_faults(render_time="30")
+
+    def out_of_time(self: PromptWatcher, prompt_id: str, **kwargs: object) -> None:
+        wait_for(lambda: prompt_id in self.client.queue().running, timeout=10)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(PromptWatcher, "wait", out_of_time)
+    first, _ = one_slot_book
+    assert render.page_render(page_id=first.pk, attempt=1) == "retry"
+    assert simulator.stats()["interrupted"] == 1
+    first.refresh_from_db()
+    assert first.latest_error["kind"] == "timeout" and "soft time limit" in first.latest_error["message"]
+
+
+def test_cancel_stops_queued_and_rendering_pages_and_their_workers_find_out(page, alice):
+    held = claim(page)
+    queued = BookPage.objects.create(book=page.book, number=2, prompt="a heron")
+    services.page_enqueue(page_id=queued.pk, by="test", reason="create")
+    done = BookPage.objects.create(book=page.book, number=3, prompt="done", status=Status.DONE, attempt=1)
+    stopped = services.pages_cancel(page_ids=[page.pk, queued.pk, done.pk], by="user:1")
+    assert sorted(stopped) == sorted([page.pk, queued.pk])
+    assert set(BookPage.objects.filter(pk__in=stopped).values_list("status", flat=True)) == {Status.CANCELLED}
+    assert BookPage.objects.get(pk=done.pk).status == Status.DONE  # it keeps its image
+    with pytest.raises(services.Superseded):  # so the worker cancels its prompt on ComfyUI
+        services.claim_renew(held)
+    assert services.page_claim(page_id=queued.pk, attempt=1) is None  # its message claims nothing
+    assert services.page_enqueue(page_id=queued.pk, by="user:1", reason="regenerate").queued

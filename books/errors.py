@@ -25,6 +25,7 @@ _PLAIN = {
     "execution": "Something went wrong inside the image server while drawing this page.",
     "interrupted": "Drawing this page was stopped on the image server before it finished.",
     "protocol": "The image server sent back something bookrender could not read.",
+    "low_vram": "The graphics card never had enough free memory to start this page.",
 }
 _UNKNOWN = "Drawing this page failed for a reason bookrender does not recognise."
 
@@ -59,6 +60,10 @@ _ADVICE = {
     "protocol": (
         "Usually temporary: bookrender tries again by itself.",
         "Regenerate the page. If it keeps happening, tell support.",
+    ),
+    "low_vram": (
+        "Usually temporary while other pages use the graphics card: bookrender waits and tries again by itself.",
+        "Usually temporary: regenerate the page later. A smaller size needs less memory (Edit page).",
     ),
 }
 _UNKNOWN_ADVICE = ("bookrender tries again by itself.", "Regenerate the page; if it keeps failing, tell support.")

@@ -98,9 +98,9 @@ def book_files_delete(*, book_id: int, names: list[str]) -> int:
     return deleted
 
 
-def page_files_delete(page: BookPage) -> None:
-    """Delete one page's image and its thumbnail."""
-    if page.image.name:
-        for name in (page.image.name, thumbnail_name(page.image.name)):
+def page_files_delete(page: BookPage, *, versions: list[str]) -> None:
+    """Delete one page's image, its other versions' images (``versions``) and their thumbnails."""
+    for image in {page.image.name or "", *versions} - {""}:
+        for name in (image, thumbnail_name(image)):
             if default_storage.exists(name):
                 default_storage.delete(name)

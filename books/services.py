@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F, Max
 
-from books.models import Book, BookPage
+from books.models import Book, BookPage, PageVersion
 from renders.services import pages_enqueue
 from renders.workflows import MAX_SIZE, MIN_SIZE, WorkflowError, workflow_get
 
@@ -279,7 +279,7 @@ def page_spec_check(*, prompt: str, negative_prompt: str, overrides: dict[str, i
 def page_edit(
     *, page: BookPage, by: User, prompt: str, negative_prompt: str, overrides: dict[str, int]
 ) -> RegenerateResult:
-    """Change a Done or failed page's prompt, negative prompt, seed and size, then render it again
+    """Change a Done, failed or cancelled page's prompt, negative prompt, seed and size, then render it again
     through ``book_regenerate``. A pending or rendering page is refused: its attempt already read
     the old settings. ``overrides`` holds only the values the owner set (the workflow's defaults
     fill the rest)."""
@@ -287,7 +287,7 @@ def page_edit(
     if errors:
         raise PageEditError(errors)
     with transaction.atomic():
-        changed = BookPage.objects.filter(pk=page.pk, status__in=(Status.DONE, Status.FAILED)).update(
+        changed = BookPage.objects.filter(pk=page.pk, status__in=(Status.DONE, Status.FAILED, Status.CANCELLED)).update(
             prompt=prompt.strip(), negative_prompt=negative_prompt.strip(), overrides=overrides
         )
         if not changed:
@@ -328,6 +328,7 @@ def page_delete(*, page: BookPage) -> None:
 
     with transaction.atomic():
         Book.objects.select_for_update().filter(pk=page.book_id).first()
+        versions = [name for name in page.versions.values_list("image", flat=True) if name]
         deleted, _ = BookPage.objects.filter(pk=page.pk).exclude(status=Status.RENDERING).delete()
         if not deleted:
             raise PageEditError({"page": f"page {page.number} is being rendered; delete it once it has finished"})
@@ -336,7 +337,7 @@ def page_delete(*, page: BookPage) -> None:
         BookPage.objects.filter(book_id=page.book_id, number__gt=_RENUMBER_OFFSET).update(
             number=F("number") - _RENUMBER_OFFSET - 1
         )
-        transaction.on_commit(lambda: page_files_delete(page))
+        transaction.on_commit(lambda: page_files_delete(page, versions=versions))
 
 
 def page_move(*, page: BookPage, by: int) -> int:
@@ -375,5 +376,6 @@ def book_delete(*, book: Book) -> None:
     book_id = book.pk
     with transaction.atomic():
         names = [page.image.name for page in book.pages.all() if page.image.name]
+        names += [name for name in PageVersion.objects.filter(page__book=book).values_list("image", flat=True) if name]
         book.delete()
         transaction.on_commit(lambda: book_files_delete(book_id=book_id, names=names))

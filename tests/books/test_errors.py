@@ -84,7 +84,7 @@ def test_each_kind_of_error_reads_as_one_technical_line_for_support(entry, words
     assert error_technical(entry) == words
 
 
-KINDS = ["oom", "validation", "unavailable", "timeout", "execution", "interrupted", "protocol"]
+KINDS = ["oom", "validation", "unavailable", "timeout", "execution", "interrupted", "protocol", "low_vram"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -303,7 +303,7 @@ def test_the_live_partial_is_the_cards_and_says_when_to_stop_polling(alice_clien
 def test_the_api_gives_status_counts_and_errors_per_page(alice_client, book):
     page_set(book, 2, Status.FAILED)
     data = alice_client.get(f"/api/books/{book.pk}").json()
-    assert data["counts"] == {"queued": 2, "rendering": 0, "done": 0, "failed": 1, "total": 3}
+    assert data["counts"] == {"queued": 2, "rendering": 0, "done": 0, "failed": 1, "cancelled": 0, "total": 3}
     assert data["regenerate_url"] == f"/books/{book.pk}/regenerate"
     page = data["pages"][1]
     assert page["badge"] == "Needs attention"
@@ -686,7 +686,14 @@ def test_the_summary_and_the_cards_come_from_one_read_of_the_pages(alice_client,
         response = alice_client.get(f"/books/{book.pk}/pages")
     page_reads = [q["sql"] for q in queries.captured_queries if 'FROM "books_bookpage"' in q["sql"]]
     assert len(page_reads) == 1, page_reads
-    assert response.context["counts"] == {"queued": 2, "rendering": 0, "done": 1, "failed": 0, "total": 3}
+    assert response.context["counts"] == {
+        "queued": 2,
+        "rendering": 0,
+        "done": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "total": 3,
+    }
 
 
 def test_the_tab_title_and_icon_follow_the_books_state(alice_client, book):

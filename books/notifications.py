@@ -8,6 +8,7 @@ mail server never holds up a render worker."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -15,10 +16,12 @@ from django.core.mail import send_mail
 from django.db.models import Max, Q
 from django.urls import reverse
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from books.models import Book, BookPage
 
 Status = BookPage.Status
+log = logging.getLogger("bookrender.notifications")
 
 
 def book_notify_if_settled(*, book_id: int) -> bool:
@@ -68,7 +71,12 @@ def _page_settled(sender: Any, page: BookPage, **_: Any) -> None:
     # Most pages settle while others still render: one cheap check saves a task per page.
     if BookPage.objects.filter(book_id=page.book_id, status__in=(Status.QUEUED, Status.RENDERING)).exists():
         return
-    notify_book.delay(page.book_id)
+    try:
+        notify_book.delay(page.book_id)
+    except OperationalError:
+        # The broker is down (Celery already retried). The page itself is safe; only this notice
+        # is lost, and a render worker must not fail over an email.
+        log.warning("book notice not sent: the broker is unreachable", extra={"book": page.book_id})
 
 
 def connect() -> None:

@@ -68,3 +68,18 @@ def test_the_last_page_settling_publishes_the_notice_to_the_maintenance_queue(bo
     message = json.loads(raw)
     assert message["headers"]["task"] == "books.tasks.notify_book"
     assert message["headers"]["argsrepr"] == f"({book.pk},)"
+
+
+def test_an_unreachable_broker_loses_the_notice_not_the_page(book, monkeypatch, caplog):
+    from kombu.exceptions import OperationalError
+
+    from books import tasks
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.notify_book, "delay", broker_down)
+    book.pages.update(status="done")
+    page = book.pages.get(number=1)
+    events.page_done.send(sender=type(page), page=page, attempt=1, instance="", error=None)  # does not raise
+    assert "book notice not sent: the broker is unreachable" in caplog.text

@@ -151,12 +151,8 @@ class PageForm(forms.Form):
         max_value=2**32 - 1,
         help_text="Empty: a new random seed each render. The same seed and prompt draw the same image.",
     )
-    width = forms.IntegerField(
-        required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text="Pixels; empty: the workflow's default."
-    )
-    height = forms.IntegerField(
-        required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text="Pixels; empty: the workflow's default."
-    )
+    width = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
+    height = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
 
     @classmethod
     def for_page(cls, page: BookPage) -> PageForm:

@@ -39,9 +39,10 @@ def _database_connection_checked(**_: object) -> None:
 
 @before_task_publish.connect
 def _name_the_page(sender: str | None = None, headers: dict[str, object] | None = None, **_: object) -> None:
-    """Flower shows a task's argsrepr: make a render task read "book 12 “The Fox”, page 7, attempt 2"
-    rather than "(431, 2)", so support can find why page 7 of a book failed. The publishing code
-    is untouched; a failed lookup leaves the plain ids."""
+    """Flower shows a task's kwargs: make a render task's read
+    "{'book': 12, 'title': 'The Fox', 'page': 7, 'attempt': 2}" rather than "{}", so support can find
+    why page 7 of a book failed. The args stay "(431, 2)", which tools and tests parse. The
+    publishing code is untouched; a failed lookup leaves the kwargs as they were."""
     if sender != "renders.tasks.render_page" or not headers:
         return
     from django.db import DatabaseError
@@ -57,7 +58,7 @@ def _name_the_page(sender: str | None = None, headers: dict[str, object] | None 
         return
     if row is not None:
         book_id, title, number = row
-        headers["argsrepr"] = f"book {book_id} “{title[:60]}”, page {number}, attempt {attempt} (page id {page_id})"
+        headers["kwargsrepr"] = repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
 
 
 def _render_args(argsrepr: object) -> tuple[int | None, int | None]:

@@ -24,7 +24,8 @@ def test_a_render_task_names_its_book_page_and_attempt_for_flower(alice, broker)
     raw = redis.Redis.from_url(settings.CELERY_BROKER_URL).lpop("celery")
     assert isinstance(raw, bytes)
     headers = json.loads(raw)["headers"]
-    assert headers["argsrepr"] == f"book {book.pk} “The Fox”, page 2, attempt 1 (page id {page.pk})"
+    assert headers["kwargsrepr"] == repr({"book": book.pk, "title": "The Fox", "page": 2, "attempt": 1})
+    assert headers["argsrepr"] == f"({page.pk}, 1)"  # unchanged: tools parse it
     assert headers["task"] == "renders.tasks.render_page"
 
 

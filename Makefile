@@ -1,21 +1,30 @@
-# The two commands (see README.md): `make run` and `make test`. Both build .venv first.
+# The two commands (see README.md): `make run` and `make test`. Both build .venv first: `make run`
+# installs only what running needs; everything else (and `make install`) adds the test and lint tools.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench loadtest faults lint typecheck check-migrations install clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bookrender needs Python 3.11 or newer")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || { echo "make: creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing what bookrender needs to run (Django, Celery, Redis and PostgreSQL clients, Pillow, Flower); the first time takes a minute or two"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet --progress-bar off -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	@echo "make: installing the test and lint tools (pytest, Playwright, ruff, mypy)"
+	@$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
+	@echo "make: starting bookrender (database, simulator, web, workers, beat, Flower); Ctrl-C stops it"
 	$(PY) -m ops.devstack run
 
 lint: $(STAMP)

@@ -20,10 +20,10 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from books.errors import error_in_plain_words
+from books.errors import error_technical
 from books.models import Book, BookPage
-from books.services import RegenerateResult, book_regenerate
-from books.views import status_context
+from books.services import RegenerateResult, book_delete, book_regenerate
+from books.status import status_context
 from renders.admin import RenderAttemptInline, pretty_json
 
 Status = BookPage.Status
@@ -35,6 +35,13 @@ admin.site.index_title = "Books, pages and render attempts"
 
 def status_badge(page: BookPage) -> SafeString:
     return format_html('<span class="badge badge-{}">{}</span>', page.status, page.get_status_display())
+
+
+def needs_regeneration_badge(page: BookPage) -> SafeString:
+    """A page flagged for regeneration is a problem: a red badge, never Django's green tick."""
+    if page.needs_regeneration:
+        return format_html('<span class="badge badge-failed">{}</span>', "needs regeneration")
+    return format_html('<span class="quiet">{}</span>', "no")
 
 
 def _when(iso: object) -> str:
@@ -125,6 +132,9 @@ def save_changed_fields(obj: models.Model, form: forms.ModelForm[Any], *, change
 
 # --- books -----------------------------------------------------------------------------------------
 
+# Each inline page posts 3 fields (id, book, prompt); 200 pages stay well under Django's 1,000.
+INLINE_MAX_PAGES = 200
+
 
 class BookPageInline(admin.TabularInline[BookPage, Book]):
     model = BookPage
@@ -134,11 +144,11 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "latest_error",
         "open",
     )
-    readonly_fields = ("number", "status_badge", "attempt", "retry_count", "needs_regeneration", "latest_error", "open")
+    readonly_fields = ("number", "status_badge", "attempt", "retry_count", "regeneration", "latest_error", "open")
     formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 50})}}
     extra = 0
     can_delete = False  # page numbers stay 1..n; a page is rerun, not removed
@@ -152,7 +162,11 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
 
     @admin.display(description="Latest error")
     def latest_error(self, page: BookPage) -> str:
-        return error_in_plain_words(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
+        return error_technical(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
+
+    @admin.display(description="Needs regeneration")
+    def regeneration(self, page: BookPage) -> SafeString:
+        return needs_regeneration_badge(page)
 
     @admin.display(description="")
     def open(self, page: BookPage) -> SafeString:
@@ -167,8 +181,8 @@ class BookAdmin(admin.ModelAdmin[Book]):
     list_filter = (BookPageStatusFilter, BookNeedsRegenerationFilter, BookInstanceFilter, "workflow")
     search_fields = ("title", "owner__username", "pages__prompt")
     list_select_related = ("owner",)
-    readonly_fields = ("owner", "workflow", "created_at", "updated_at", "live_status")
-    fields = ("title", "owner", "workflow", "created_at", "updated_at", "live_status")
+    readonly_fields = ("owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
+    fields = ("title", "owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
     inlines = [BookPageInline]
     actions = ["retry_failed_pages"]
 
@@ -176,10 +190,12 @@ class BookAdmin(admin.ModelAdmin[Book]):
         return (
             super()
             .get_queryset(request)
+            # distinct: a search by prompt joins the pages a second time, which would multiply
+            # every count by the number of matching pages (a 12-page book showed "144 / 144").
             .annotate(
-                total=Count("pages"),
-                done=Count("pages", filter=Q(pages__status=Status.DONE)),
-                failed=Count("pages", filter=Q(pages__status=Status.FAILED)),
+                total=Count("pages", distinct=True),
+                done=Count("pages", filter=Q(pages__status=Status.DONE), distinct=True),
+                failed=Count("pages", filter=Q(pages__status=Status.FAILED), distinct=True),
             )
         )
 
@@ -194,6 +210,30 @@ class BookAdmin(admin.ModelAdmin[Book]):
         for page_form in formset.forms:
             if page_form.instance.pk and page_form.has_changed():
                 save_changed_fields(page_form.instance, page_form, change=True)
+
+    def delete_model(self, request: HttpRequest, obj: Book) -> None:
+        book_delete(book=obj)  # with its image files, which a plain delete leaves on disk
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Book]) -> None:
+        for book in queryset:
+            book_delete(book=book)
+
+    def get_inlines(
+        self, request: HttpRequest, obj: Book | None
+    ) -> list[type[admin.options.InlineModelAdmin[Any, Any]]]:
+        """The pages inline only for books small enough to save: each inline page posts a few
+        fields, and past DATA_UPLOAD_MAX_NUMBER_FIELDS Django refuses the form (TooManyFieldsSent;
+        about 330 pages with the default 1,000). Larger books link to their pages instead."""
+        if obj is not None and obj.pages.count() > INLINE_MAX_PAGES:
+            return []
+        return list(self.inlines)
+
+    @admin.display(description="Pages")
+    def pages_link(self, book: Book) -> SafeString:
+        count = book.pages.count()
+        url = reverse("admin:books_bookpage_changelist") + f"?book__id__exact={book.pk}"
+        note = "" if count <= INLINE_MAX_PAGES else f" (more than {INLINE_MAX_PAGES}: listed on their own page)"
+        return format_html('<a href="{}">{} page{}</a>{}', url, count, "" if count == 1 else "s", note)
 
     @admin.display(description="Progress")
     def progress(self, book: Any) -> SafeString:
@@ -257,7 +297,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "instance",
         "last_attempted_at",
         "latest_error",
@@ -277,7 +317,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
                     "status_badge",
                     "attempt",
                     "retry_count",
-                    "needs_regeneration",
+                    "regeneration",
                     "last_attempted_at",
                     "next_attempt_at",
                     "lease_expires_at",
@@ -294,7 +334,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
         "status_badge",
         "attempt",
         "retry_count",
-        "needs_regeneration",
+        "regeneration",
         "last_attempted_at",
         "next_attempt_at",
         "lease_expires_at",
@@ -312,6 +352,10 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
     def save_model(self, request: HttpRequest, obj: BookPage, form: Any, change: bool) -> None:
         save_changed_fields(obj, form, change=change)
 
+    @admin.display(description="Needs regeneration", ordering="needs_regeneration")
+    def regeneration(self, page: BookPage) -> SafeString:
+        return needs_regeneration_badge(page)
+
     @admin.display(description="Status", ordering="status")
     def status_badge(self, page: BookPage) -> SafeString:
         return status_badge(page)
@@ -322,7 +366,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
 
     @admin.display(description="Latest error")
     def latest_error(self, page: BookPage) -> str:
-        return error_in_plain_words(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
+        return error_technical(page.latest_error) if page.latest_error and page.status == Status.FAILED else ""
 
     @admin.display(description="Book")
     def book_link(self, page: BookPage) -> SafeString:
@@ -350,7 +394,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
                 entry.get("kind", ""),
                 _when(entry.get("at")),
                 entry.get("instance", "") or "no instance",
-                error_in_plain_words(entry),
+                error_technical(entry),
                 entry.get("message", ""),
             )
             for entry in reversed(page.image_error)

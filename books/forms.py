@@ -1,5 +1,9 @@
-"""The New book form: it turns what a person typed or uploaded into page specs; ``book_create``
-then decides whether they make a book, and its errors come back onto the form's fields."""
+"""The New book form: it turns what a person typed or uploaded into page specs; ``book_check``
+decides whether they make a book, and its errors come back onto the form's fields.
+
+A browser clears a file input whenever the form comes back (after an error, or on the preview
+that shows the page count before anything renders), so the uploaded file's text comes back in a
+hidden field and is used again unless the person types pages or chooses another file."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from typing import Any
 
 from django import forms
 
-from books.services import MAX_PAGES, BookInputError, PageSpec, pages_from_json, pages_from_text
-from renders.workflows import workflow_choices
+from books.models import BookPage
+from books.services import MAX_PAGES, MAX_PROMPT_CHARS, BookInputError, PageSpec, pages_from_json, pages_from_text
+from renders.workflows import MAX_SIZE, MIN_SIZE, workflow_choices
 
 # 500 pages of 4,000 characters is 2 MB of prompts; twice that leaves room for JSON around them.
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
@@ -22,7 +27,10 @@ class BookForm(forms.Form):
         label="Pages",
         required=False,
         widget=forms.Textarea(attrs={"rows": 10, "placeholder": "A lighthouse on a cliff at dawn\n\nA fox …"}),
-        help_text=f"One prompt per paragraph: leave a blank line between pages (at most {MAX_PAGES}).",
+        help_text=(
+            f"One prompt per line, or, for prompts that run over several lines, a blank line between "
+            f"pages (at most {MAX_PAGES})."
+        ),
     )
     upload = forms.FileField(
         label="Or a JSON file",
@@ -30,22 +38,33 @@ class BookForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
         help_text='A list of prompts, or of objects {"prompt", "negative_prompt", "width", "height", "seed"}.',
     )
+    # The text of the file chosen on an earlier try, and its name (see the module docstring).
+    kept_upload = forms.CharField(required=False, widget=forms.HiddenInput)
+    kept_upload_name = forms.CharField(required=False, max_length=255, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pages: list[PageSpec] = []
         # "page 3" -> message, shown as a list under the pages field.
         self.page_errors: dict[str, str] = {}
+        # The file's name and text, to send back with the form (empty when no file is in play).
+        self.kept_name = ""
+        self.kept_text = ""
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         text, upload = cleaned.get("text") or "", cleaned.get("upload")
+        kept = cleaned.get("kept_upload") or ""
         if text.strip() and upload:
             self.add_error("upload", "Give the pages as text or as a JSON file, not both.")
         elif upload:
             self.pages = self._pages_from_upload(upload)
         elif text.strip():
             self.pages = pages_from_text(text)
+        elif kept:
+            self.kept_name = cleaned.get("kept_upload_name") or "the file"
+            self.kept_text = kept
+            self.pages = self._pages_from_json_text(kept.encode())
         elif "text" not in self.errors:
             self.add_error("text", "A book needs at least one page.")
         return cleaned
@@ -58,11 +77,26 @@ class BookForm(forms.Form):
                 f"{MAX_UPLOAD_BYTES // 1024 // 1024} MB.",
             )
             return []
+        content = upload.read()
+        pages = self._pages_from_json_text(content)
+        if self.kept_text:
+            self.kept_name = upload.name
+        return pages
+
+    def _pages_from_json_text(self, content: bytes) -> list[PageSpec]:
+        if len(content) > MAX_UPLOAD_BYTES:
+            self.add_error("upload", f"The file is more than the limit of {MAX_UPLOAD_BYTES // 1024 // 1024} MB.")
+            return []
         try:
-            data = json.loads(upload.read().decode("utf-8-sig"))
+            text = content.decode("utf-8-sig")
         except UnicodeDecodeError:
             self.add_error("upload", "The file is not text: upload a UTF-8 JSON file.")
             return []
+        # Kept from here on, even when it is not valid JSON: the person fixes the file and chooses
+        # it again, or fixes the other fields and keeps it.
+        self.kept_text = text
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             self.add_error("upload", f"The file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.")
             return []
@@ -75,7 +109,9 @@ class BookForm(forms.Form):
     @property
     def pages_field(self) -> str:
         """The field the pages came from, which their errors are shown under."""
-        return "upload" if self.is_bound and self.files.get("upload") else "text"
+        if self.is_bound and (self.files.get("upload") or (self.kept_text and not self.data.get("text", "").strip())):
+            return "upload"
+        return "text"
 
     def add_input_errors(self, exc: BookInputError) -> None:
         """Put the errors of ``book_create`` or ``pages_from_json`` on the fields they are about."""
@@ -92,3 +128,44 @@ class BookForm(forms.Form):
             count = len(self.page_errors)
             pages = "1 page needs" if count == 1 else f"{count} pages need"
             self.add_error(pages_field, f"{pages} fixing:")
+
+
+_SIZE_HELP = f"Pixels, {MIN_SIZE} to {MAX_SIZE}; empty: the workflow's default."
+
+
+class PageForm(forms.Form):
+    """A page's settings, for an owner's edit or a new page. Seed, width and height are optional:
+    left empty, the workflow's default size and a fresh random seed are used."""
+
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5}),
+        max_length=MAX_PROMPT_CHARS,
+        error_messages={"required": "A page needs a prompt."},
+    )
+    negative_prompt = forms.CharField(
+        required=False, max_length=MAX_PROMPT_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    seed = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=2**32 - 1,
+        help_text="Empty: a new random seed each render. The same seed and prompt draw the same image.",
+    )
+    width = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
+    height = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
+
+    @classmethod
+    def for_page(cls, page: BookPage) -> PageForm:
+        return cls(
+            initial={
+                "prompt": page.prompt,
+                "negative_prompt": page.negative_prompt,
+                **{key: page.overrides.get(key) for key in ("seed", "width", "height")},
+            }
+        )
+
+    @property
+    def spec(self) -> PageSpec:
+        data = self.cleaned_data
+        overrides = {key: data[key] for key in ("seed", "width", "height") if data.get(key) is not None}
+        return PageSpec(prompt=data["prompt"], negative_prompt=data.get("negative_prompt") or "", overrides=overrides)

@@ -14,6 +14,9 @@ class Book(models.Model):
     workflow = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When the owner was last told the book settled (finished, or needs attention): one notice per
+    # settling, claimed with a conditional update (books.notifications).
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         # "My books" lists a user's books, newest first.

@@ -9,9 +9,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 
-from books.models import Book, BookPage
+from books.models import Book, BookPage, PageVersion
 from books.ratelimit import rate_limit_hit
 from renders.services import pages_enqueue
 from renders.workflows import MAX_SIZE, MIN_SIZE, WorkflowError, workflow_get
@@ -45,7 +45,9 @@ class PageSpec:
 
 def pages_from_json(data: Any) -> list[PageSpec]:
     """Pages from an uploaded JSON document: a list of prompts, or of objects
-    ``{"prompt", "negative_prompt"?, "width"?, "height"?, "seed"?}``, or ``{"pages": [...]}``."""
+    ``{"prompt", "negative_prompt"?, "width"?, "height"?, "seed"?}``, or ``{"pages": [...]}``.
+    Every page is checked in one pass (layout, types, empty and too-long prompts), so a person
+    fixes the file once; a prompt that is not a string is refused, never turned into "None"."""
     if isinstance(data, dict) and "pages" in data:
         data = data["pages"]
     if not isinstance(data, list):
@@ -55,6 +57,7 @@ def pages_from_json(data: Any) -> list[PageSpec]:
     specs: list[PageSpec] = []
     errors: dict[str, str] = {}
     for number, item in enumerate(data, start=1):
+        problems: list[str] = []
         if isinstance(item, str):
             item = {"prompt": item}
         if not isinstance(item, dict):
@@ -62,38 +65,55 @@ def pages_from_json(data: Any) -> list[PageSpec]:
             continue
         unknown = set(item) - {"prompt", "negative_prompt", "width", "height", "seed"}
         if unknown:
-            errors[f"page {number}"] = f"unknown field {', '.join(sorted(unknown))}"
-            continue
+            problems.append(f"unknown field {', '.join(sorted(unknown))}")
+        prompt, negative = item.get("prompt"), item.get("negative_prompt", "")
+        if not isinstance(prompt, str):
+            problems.append("the prompt must be text in quotes" if "prompt" in item else "the prompt is missing")
+            prompt = ""
+        elif problem := prompt_problem(prompt):
+            problems.append(problem)
+        if not isinstance(negative, str):
+            problems.append("the negative prompt must be text in quotes")
+            negative = ""
         overrides: dict[str, int] = {}
         for key in ("width", "height", "seed"):
             if key in item:
                 value = item[key]
                 low, high = (0, 2**32 - 1) if key == "seed" else (MIN_SIZE, MAX_SIZE)
                 if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                    errors[f"page {number}"] = f"{key} must be a whole number from {low} to {high}"
-                    break
-                overrides[key] = value
+                    problems.append(f"{key} must be a whole number from {low} to {high}")
+                else:
+                    overrides[key] = value
+        if problems:
+            errors[f"page {number}"] = "; ".join(problems)
         else:
-            specs.append(
-                PageSpec(
-                    prompt=str(item.get("prompt", "")),
-                    negative_prompt=str(item.get("negative_prompt") or ""),
-                    overrides=overrides,
-                )
-            )
+            specs.append(PageSpec(prompt=prompt, negative_prompt=negative, overrides=overrides))
     if errors:
         raise BookInputError(errors)
     return specs
 
 
 def pages_from_text(text: str) -> list[PageSpec]:
-    """One page per paragraph (paragraphs are separated by blank lines)."""
-    paragraphs = [" ".join(block.split()) for block in text.replace("\r\n", "\n").split("\n\n")]
+    """One page per paragraph when the text has blank lines between paragraphs; otherwise one page
+    per line, which is how people type a list of prompts."""
+    text = text.replace("\r\n", "\n")
+    blocks = text.split("\n\n") if "\n\n" in text.strip() else text.split("\n")
+    paragraphs = [" ".join(block.split()) for block in blocks]
     return [PageSpec(prompt=p) for p in paragraphs if p]
 
 
-def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]) -> Book:
-    """Create a book and queue every page."""
+def prompt_problem(prompt: str) -> str:
+    """What is wrong with a prompt, or "" when nothing is."""
+    if not prompt.strip():
+        return "the prompt is empty"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"the prompt is longer than {MAX_PROMPT_CHARS} characters"
+    return ""
+
+
+def book_check(*, title: str, workflow: str, pages: list[PageSpec]) -> None:
+    """Raise BookInputError naming every problem that would stop ``book_create``; the New book
+    page calls it before it shows the page count, so nothing is created until the person agrees."""
     errors: dict[str, str] = {}
     if not title.strip():
         errors["title"] = "a book needs a title"
@@ -108,12 +128,15 @@ def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]
     elif len(pages) > MAX_PAGES:
         errors["pages"] = f"{len(pages)} pages is more than the limit of {MAX_PAGES} per book"
     for number, spec in enumerate(pages[:MAX_PAGES], start=1):
-        if not spec.prompt.strip():
-            errors[f"page {number}"] = "the prompt is empty"
-        elif len(spec.prompt) > MAX_PROMPT_CHARS:
-            errors[f"page {number}"] = f"the prompt is longer than {MAX_PROMPT_CHARS} characters"
+        if problem := prompt_problem(spec.prompt):
+            errors[f"page {number}"] = problem
     if errors:
         raise BookInputError(errors)
+
+
+def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]) -> Book:
+    """Create a book and queue every page."""
+    book_check(title=title, workflow=workflow, pages=pages)
     with transaction.atomic():
         book = Book.objects.create(owner=owner, title=title.strip(), workflow=workflow)
         BookPage.objects.bulk_create(
@@ -179,7 +202,7 @@ def book_regenerate(
             verb = "does" if len(missing) == 1 else "do"
             raise RegenerateError(
                 f"{_pages_phrase(missing).capitalize()} {verb} not exist: "
-                f"{book.title!r} has pages 1 to {pages.aggregate(last=Max('number'))['last'] or 0}."
+                f"“{book.title}” has pages 1 to {pages.aggregate(last=Max('number'))['last'] or 0}."
             )
     else:
         found = dict(pages.filter(status=Status.FAILED).values_list("number", "pk"))
@@ -220,3 +243,133 @@ def _pages_phrase(numbers: list[int], *, most: int = 8) -> str:
     if len(numbers) > most:
         return f"pages {', '.join(shown)} and {len(numbers) - most} more"
     return f"pages {', '.join(shown[:-1])} and {shown[-1]}"
+
+
+# --- owners fix their books: edit, add, delete, reorder pages; duplicate and delete books -------------
+
+
+class PageEditError(ValueError):
+    """A page change that cannot be made; nothing was changed. ``errors`` maps a field to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
+def page_spec_check(*, prompt: str, negative_prompt: str, overrides: dict[str, int]) -> dict[str, str]:
+    """The problems of a page's settings, by field; empty when there are none."""
+    errors: dict[str, str] = {}
+    if problem := prompt_problem(prompt):
+        errors["prompt"] = problem
+    if len(negative_prompt) > MAX_PROMPT_CHARS:
+        errors["negative_prompt"] = f"the negative prompt is longer than {MAX_PROMPT_CHARS} characters"
+    for key, value in overrides.items():
+        low, high = (0, 2**32 - 1) if key == "seed" else (MIN_SIZE, MAX_SIZE)
+        if not low <= value <= high:
+            errors[key] = f"{key} must be a whole number from {low} to {high}"
+    return errors
+
+
+def page_edit(
+    *, page: BookPage, by: User, prompt: str, negative_prompt: str, overrides: dict[str, int]
+) -> RegenerateResult:
+    """Change a Done, failed or cancelled page's prompt, negative prompt, seed and size, then render it again
+    through ``book_regenerate``. A pending or rendering page is refused: its attempt already read
+    the old settings. ``overrides`` holds only the values the owner set (the workflow's defaults
+    fill the rest)."""
+    errors = page_spec_check(prompt=prompt, negative_prompt=negative_prompt, overrides=overrides)
+    if errors:
+        raise PageEditError(errors)
+    with transaction.atomic():
+        changed = BookPage.objects.filter(pk=page.pk, status__in=(Status.DONE, Status.FAILED, Status.CANCELLED)).update(
+            prompt=prompt.strip(), negative_prompt=negative_prompt.strip(), overrides=overrides
+        )
+        if not changed:
+            raise PageEditError({"page": f"page {page.number} is being rendered; edit it once it has finished"})
+        return book_regenerate(book=page.book, by=by, page_numbers=[page.number])
+
+
+def page_add(*, book: Book, by: User, spec: PageSpec) -> BookPage:
+    """Add a page at the end of the book and queue it."""
+    errors = page_spec_check(prompt=spec.prompt, negative_prompt=spec.negative_prompt, overrides=spec.overrides)
+    if errors:
+        raise PageEditError(errors)
+    with transaction.atomic():
+        Book.objects.select_for_update().filter(pk=book.pk).first()  # one page number per add
+        count = book.pages.count()
+        if count >= MAX_PAGES:
+            raise PageEditError({"page": f"a book has at most {MAX_PAGES} pages"})
+        last = book.pages.aggregate(last=Max("number"))["last"] or 0
+        page = BookPage.objects.create(
+            book=book,
+            number=last + 1,
+            prompt=spec.prompt.strip(),
+            negative_prompt=spec.negative_prompt.strip(),
+            overrides=spec.overrides,
+        )
+        pages_enqueue(page_ids=[page.pk], by=f"user:{by.pk}", reason="add")
+    page.refresh_from_db()
+    return page
+
+
+# Page numbers are unique per book; a renumbering first moves the pages out of the way by this much.
+_RENUMBER_OFFSET = 1_000_000
+
+
+def page_delete(*, page: BookPage) -> None:
+    """Delete a page that is not rendering, and its image; the pages after it move up one."""
+    from books.images import page_files_delete
+
+    with transaction.atomic():
+        Book.objects.select_for_update().filter(pk=page.book_id).first()
+        versions = [name for name in page.versions.values_list("image", flat=True) if name]
+        deleted, _ = BookPage.objects.filter(pk=page.pk).exclude(status=Status.RENDERING).delete()
+        if not deleted:
+            raise PageEditError({"page": f"page {page.number} is being rendered; delete it once it has finished"})
+        later = BookPage.objects.filter(book_id=page.book_id, number__gt=page.number)
+        later.update(number=F("number") + _RENUMBER_OFFSET)
+        BookPage.objects.filter(book_id=page.book_id, number__gt=_RENUMBER_OFFSET).update(
+            number=F("number") - _RENUMBER_OFFSET - 1
+        )
+        transaction.on_commit(lambda: page_files_delete(page, versions=versions))
+
+
+def page_move(*, page: BookPage, by: int) -> int:
+    """Swap a page with the one ``by`` places after it (-1: earlier, 1: later). Returns its new
+    number; a page already first or last stays where it is."""
+    with transaction.atomic():
+        Book.objects.select_for_update().filter(pk=page.book_id).first()
+        current = BookPage.objects.get(pk=page.pk)
+        other = BookPage.objects.filter(book_id=page.book_id, number=current.number + by).first()
+        if other is None:
+            return current.number
+        BookPage.objects.filter(pk=current.pk).update(number=current.number + _RENUMBER_OFFSET)
+        BookPage.objects.filter(pk=other.pk).update(number=current.number)
+        BookPage.objects.filter(pk=current.pk).update(number=other.number)
+        return other.number
+
+
+def book_duplicate(*, book: Book, by: User) -> Book:
+    """A new book of ``by`` with the same title (marked as a copy), workflow and pages, queued."""
+    title = f"{book.title} (copy)"
+    if len(title) > 200:
+        title = book.title[: 200 - len("… (copy)")] + "… (copy)"
+    pages = [
+        PageSpec(prompt=page.prompt, negative_prompt=page.negative_prompt, overrides=page.overrides)
+        for page in book.pages.order_by("number")
+    ]
+    return book_create(owner=by, title=title, workflow=book.workflow, pages=pages)
+
+
+def book_delete(*, book: Book) -> None:
+    """Delete a book, its pages and their files (every image and thumbnail, old attempts' too).
+    The files go after the commit: a rollback keeps them. A worker still rendering one of its
+    pages finds the page gone and deletes the image it made (see ``renders.services.page_finish``)."""
+    from books.images import book_files_delete
+
+    book_id = book.pk
+    with transaction.atomic():
+        names = [page.image.name for page in book.pages.all() if page.image.name]
+        names += [name for name in PageVersion.objects.filter(page__book=book).values_list("image", flat=True) if name]
+        book.delete()
+        transaction.on_commit(lambda: book_files_delete(book_id=book_id, names=names))

@@ -10,27 +10,40 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.db.models import Count, Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
-from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from books.errors import error_in_plain_words, error_public
-from books.forms import BookForm
+from books.errors import error_advice, error_in_plain_words, error_public
+from books.forms import BookForm, PageForm
+from books.images import book_pdf, book_zip, page_thumbnail
 from books.models import Book, BookPage
 from books.services import (
     BookInputError,
+    PageEditError,
+    PageSpec,
     RegenerateError,
     RegenerateResult,
+    book_check,
     book_create,
     book_create_throttle,
+    book_delete,
+    book_duplicate,
     book_regenerate,
+    page_add,
+    page_delete,
+    page_edit,
+    page_move,
     regenerate_throttle,
 )
-from renders.workflows import WorkflowError, workflow_get
+from books.status import page_counts, status_context
 
 Status = BookPage.Status
 ACTIVE = (Status.QUEUED, Status.RENDERING)
@@ -92,27 +105,29 @@ def book_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def book_new(request: HttpRequest) -> HttpResponse:
+    """Two steps: the first POST shows how many pages the input makes (nothing renders yet); the
+    second, from the preview's "Create" button (``confirm``), creates the book and queues it."""
     form = BookForm(request.POST or None, request.FILES or None)
+    preview: list[PageSpec] = []
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
-        wait = book_create_throttle(user=request.user)
-        if wait:
-            form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
-            return render(request, "books/book_new.html", {"form": form}, status=429)
+        fields = {"title": form.cleaned_data["title"], "workflow": form.cleaned_data["workflow"], "pages": form.pages}
         try:
-            book = book_create(
-                owner=request.user,
-                title=form.cleaned_data["title"],
-                workflow=form.cleaned_data["workflow"],
-                pages=form.pages,
-            )
+            # The page count shown is the one created: text changed after the preview is shown again.
+            if "confirm" not in request.POST or request.POST.get("expected_pages") != str(len(form.pages)):
+                book_check(**fields)
+                preview = form.pages
+            elif wait := book_create_throttle(user=request.user):
+                form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
+                return render(request, "books/book_new.html", {"form": form}, status=429)
+            else:
+                book = book_create(owner=request.user, **fields)
+                count = book.pages.count()
+                messages.success(request, f"“{book.title}” was created: {count} page{pluralize(count)} queued.")
+                return redirect("books:status", book_id=book.pk)
         except BookInputError as exc:
             form.add_input_errors(exc)
-        else:
-            count = book.pages.count()
-            messages.success(request, f"{book.title!r} was created: {count} page{'s' if count > 1 else ''} queued.")
-            return redirect("books:status", book_id=book.pk)
-    return render(request, "books/book_new.html", {"form": form})
+    return render(request, "books/book_new.html", {"form": form, "preview": preview})
 
 
 # --- the status page and its live parts -----------------------------------------------------------
@@ -134,49 +149,6 @@ def book_cards(request: HttpRequest, book_id: int) -> HttpResponse:
     response = render(request, "books/_book_live.html", status_context(request, book))
     response["Cache-Control"] = "no-store"
     return response
-
-
-def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
-    """What the status page shows; the admin's status view shows the same."""
-    pages = list(book.pages.order_by("number"))
-    counts = _counts(book)
-    try:
-        workflow_title = workflow_get(book.workflow).title
-    except WorkflowError:
-        workflow_title = book.workflow
-    if request.user.pk == book.owner_id:
-        actions = "owner"
-    elif request.user.has_perm("books.change_bookpage"):
-        actions = "admin"
-    else:
-        actions = ""
-    return {
-        "book": book,
-        "pages": [_page_view(page, internals=request.user.is_staff) for page in pages],
-        "counts": counts,
-        "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
-        "workflow_title": workflow_title,
-        "actions": actions,
-    }
-
-
-def _page_view(page: BookPage, *, internals: bool) -> dict[str, Any]:
-    """What a card shows of a page. Without ``internals`` (not staff): no ComfyUI URLs or raw
-    exception text, only what the error means."""
-    raw = page.latest_error
-    latest = raw if internals or not raw else error_public(raw)
-    earlier = [
-        {**entry, "text": error_in_plain_words(entry)} if internals else error_public(entry)
-        for entry in reversed(page.image_error[:-1])
-    ]
-    return {
-        "page": page,
-        "error_text": error_in_plain_words(raw, internals=internals) if raw and page.status == Status.FAILED else "",
-        "error": {**latest, "at": parse_datetime(str(latest.get("at") or ""))} if latest else None,
-        "earlier_errors": earlier,
-        # Changes whenever the card would look different, so the script replaces only those cards.
-        "version": f"{page.status}-{page.attempt}-{page.image_attempt or 0}",
-    }
 
 
 @login_required
@@ -261,17 +233,10 @@ def api_book(request: HttpRequest, book_id: int) -> JsonResponse:
     return JsonResponse(book_as_json(book, internals=request.user.is_staff))
 
 
-def _counts(book: Book) -> dict[str, int]:
-    counts = {status.value: 0 for status in Status}
-    for row in book.pages.values("status").annotate(n=Count("pk")):
-        counts[row["status"]] = row["n"]
-    counts["total"] = sum(counts.values())
-    return counts
-
-
 def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
     """The API's view of a book; without ``internals`` (not staff) errors carry no ComfyUI URLs or
     raw exception text."""
+    pages = list(book.pages.order_by("number"))  # one read: the counts and the pages agree
 
     def shown(entry: dict[str, Any]) -> dict[str, Any]:
         return entry if internals else error_public(entry)
@@ -280,7 +245,7 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
         "id": book.pk,
         "title": book.title,
         "workflow": book.workflow,
-        "counts": _counts(book),
+        "counts": page_counts(pages),
         "regenerate_url": reverse("books:regenerate", args=[book.pk]),
         "pages": [
             {
@@ -296,11 +261,17 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
                     if page.image
                     else None
                 ),
-                "error": error_in_plain_words(page.latest_error, internals=internals) if page.latest_error else None,
+                "error": error_in_plain_words(page.latest_error) if page.latest_error else None,
+                "advice": (
+                    error_advice(page.latest_error, retrying=page.status != Status.FAILED)
+                    if page.latest_error
+                    else None
+                ),
+                "next_attempt_at": page.next_attempt_at.isoformat() if page.next_attempt_at else None,
                 "latest_error": shown(page.latest_error) if page.latest_error else None,
                 "errors": [shown(entry) for entry in page.image_error],
             }
-            for page in book.pages.order_by("number")
+            for page in pages
         ],
     }
 
@@ -321,9 +292,9 @@ def admin_regenerate_page(request: HttpRequest, book_id: int, number: int) -> Ht
     result = book_regenerate(book=book, by=request.user, page_numbers=[number], admin=True)
     if result.queued:
         page.refresh_from_db()
-        messages.success(request, f"Page {number} of {book.title!r} was queued again (attempt {page.attempt}).")
+        messages.success(request, f"Page {number} of “{book.title}” was queued again (attempt {page.attempt}).")
     else:
-        messages.warning(request, f"Page {number} of {book.title!r} was not queued: {result.skipped[number]}.")
+        messages.warning(request, f"Page {number} of “{book.title}” was not queued: {result.skipped[number]}.")
     return HttpResponseRedirect(_back(request, reverse("admin:books_bookpage_change", args=[page.pk])))
 
 
@@ -335,3 +306,169 @@ def _back(request: HttpRequest, default: str) -> str:
         ):
             return candidate
     return default
+
+
+# --- the gallery, thumbnails and downloads -------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def page_thumb(request: HttpRequest, book_id: int, number: int) -> FileResponse:
+    """A page's thumbnail (WebP, about 30 KB), made on first request and kept in the storage."""
+    book = _get_book_for_user(request, book_id)
+    page = get_object_or_404(BookPage, book=book, number=number)
+    if not page.image:
+        raise Http404("this page has no image yet")
+    response = FileResponse(default_storage.open(page_thumbnail(page), "rb"), content_type="image/webp")
+    # Linked with ?v=<attempt>, like the image: a new image gets a new URL.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@login_required
+@require_GET
+def book_gallery(request: HttpRequest, book_id: int) -> HttpResponse:
+    """The book's images in page order. ``?page=N`` opens page N in the lightbox (previous, next,
+    zoom); it works without JavaScript, and the script only saves the page loads."""
+    book = _get_book_for_user(request, book_id)
+    pages = [page for page in book.pages.filter(status=Status.DONE).order_by("number") if page.image]
+    numbers = [page.number for page in pages]
+    opened = None
+    if request.GET.get("page", "").isdigit() and int(request.GET["page"]) in numbers:
+        index = numbers.index(int(request.GET["page"]))
+        opened = {
+            "page": pages[index],
+            "previous": numbers[index - 1] if index > 0 else None,
+            "next": numbers[index + 1] if index + 1 < len(numbers) else None,
+            "zoom": request.GET.get("zoom") == "1",
+        }
+    total = book.pages.count()
+    return render(
+        request,
+        "books/book_gallery.html",
+        {"book": book, "pages": pages, "opened": opened, "missing": total - len(pages), "total": total},
+    )
+
+
+@login_required
+@require_GET
+def book_download_zip(request: HttpRequest, book_id: int) -> FileResponse:
+    book = _get_book_for_user(request, book_id)
+    return FileResponse(book_zip(book), as_attachment=True, filename=f"{_file_stem(book)}.zip")
+
+
+@login_required
+@require_GET
+def book_download_pdf(request: HttpRequest, book_id: int) -> HttpResponseBase:
+    book = _get_book_for_user(request, book_id)
+    pdf = book_pdf(book)
+    if pdf is None:
+        messages.warning(request, "No page has an image yet, so there is nothing to put in a PDF.")
+        return redirect("books:status", book_id=book.pk)
+    return FileResponse(pdf, as_attachment=True, filename=f"{_file_stem(book)}.pdf", content_type="application/pdf")
+
+
+def _file_stem(book: Book) -> str:
+    return slugify(book.title)[:80] or f"book-{book.pk}"
+
+
+# --- owners fix their books ------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpResponse:
+    """Edit a Done or failed page's prompt, negative prompt, seed and size, then render it again."""
+    book = _get_own_book(request, book_id)
+    page = get_object_or_404(BookPage, book=book, number=number)
+    assert isinstance(request.user, User)
+    form = PageForm(request.POST) if request.method == "POST" else PageForm.for_page(page)
+    if request.method == "POST" and form.is_valid():
+        spec = form.spec
+        try:
+            result = page_edit(
+                page=page,
+                by=request.user,
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt,
+                overrides=spec.overrides,
+            )
+        except PageEditError as exc:
+            _add_page_errors(form, exc)
+        else:
+            messages.success(request, f"Page {number} was changed. {result.summary}")
+            return redirect(reverse("books:status", args=[book.pk]) + f"#page-{number}")
+    return render(request, "books/page_edit.html", {"book": book, "page": page, "form": form, "editing": True})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def page_add_view(request: HttpRequest, book_id: int) -> HttpResponse:
+    book = _get_own_book(request, book_id)
+    assert isinstance(request.user, User)
+    form = PageForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            page = page_add(book=book, by=request.user, spec=form.spec)
+        except PageEditError as exc:
+            _add_page_errors(form, exc)
+        else:
+            messages.success(request, f"Page {page.number} was added and queued for rendering.")
+            return redirect(reverse("books:status", args=[book.pk]) + f"#page-{page.number}")
+    return render(request, "books/page_edit.html", {"book": book, "page": None, "form": form, "editing": False})
+
+
+def _add_page_errors(form: PageForm, exc: PageEditError) -> None:
+    for key, message in exc.errors.items():
+        sentence = message[:1].upper() + message[1:] + "."
+        form.add_error(key if key in form.fields else None, sentence)
+
+
+@login_required
+@require_POST
+def page_delete_view(request: HttpRequest, book_id: int, number: int) -> HttpResponse:
+    book = _get_own_book(request, book_id)
+    page = get_object_or_404(BookPage, book=book, number=number)
+    try:
+        page_delete(page=page)
+    except PageEditError as exc:
+        messages.error(request, f"{exc}.".capitalize())
+    else:
+        messages.success(request, f"Page {number} was deleted; the pages after it moved up one.")
+    return redirect("books:status", book_id=book.pk)
+
+
+@login_required
+@require_POST
+def page_move_view(request: HttpRequest, book_id: int, number: int) -> HttpResponse:
+    book = _get_own_book(request, book_id)
+    page = get_object_or_404(BookPage, book=book, number=number)
+    by = -1 if request.POST.get("direction") == "earlier" else 1
+    new_number = page_move(page=page, by=by)
+    if new_number != number:
+        messages.success(request, f"Page {number} is now page {new_number}.")
+    return redirect(reverse("books:status", args=[book.pk]) + f"#page-{new_number}")
+
+
+@login_required
+@require_POST
+def book_duplicate_view(request: HttpRequest, book_id: int) -> HttpResponse:
+    book = _get_own_book(request, book_id)
+    assert isinstance(request.user, User)
+    copy = book_duplicate(book=book, by=request.user)
+    count = copy.pages.count()
+    messages.success(request, f"“{copy.title}” was created: {count} page{pluralize(count)} queued.")
+    return redirect("books:status", book_id=copy.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def book_delete_view(request: HttpRequest, book_id: int) -> HttpResponse:
+    """GET asks "are you sure?"; POST deletes the book and its files."""
+    book = _get_own_book(request, book_id)
+    if request.method == "POST":
+        title = book.title
+        book_delete(book=book)
+        messages.success(request, f"“{title}” and its images were deleted.")
+        return redirect("books:list")
+    return render(request, "books/book_delete.html", {"book": book, "pages": book.pages.count()})

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-none", action="store_true", help="never serve nodes from the output cache")
     parser.add_argument("--disable-metadata", action="store_true", help="no prompt text chunk in saved PNGs")
     parser.add_argument(
+        "--draw-prompt",
+        action="store_true",
+        help="SaveImage draws the graph's prompt text and seed on each image, on a colour taken from the "
+        "prompt (a demo aid: real ComfyUI does not; off by default, so the simulator stays faithful)",
+    )
+    parser.add_argument(
         "--checkpoint",
         action="append",
         dest="checkpoints",
@@ -112,6 +118,7 @@ def options_from_args(argv: list[str]) -> Options:
         test_nodes=args.test_nodes,
         cache_none=args.cache_none,
         disable_metadata=args.disable_metadata,
+        draw_prompt=args.draw_prompt,
         checkpoints=tuple(args.checkpoints) if args.checkpoints else DEFAULT_CHECKPOINTS,
         port_file=args.port_file,
         verbose=args.verbose,

@@ -315,6 +315,7 @@ class PromptExecutor:
         supports_preview_metadata: Callable[[str | None], bool],
         cache_enabled: bool,
         disable_metadata: bool,
+        draw_prompt: bool = False,
     ) -> None:
         self.catalog = catalog
         self.folders = folders
@@ -324,6 +325,7 @@ class PromptExecutor:
         self.supports_preview_metadata = supports_preview_metadata
         self.cache = OutputCache(enabled=cache_enabled)
         self.disable_metadata = disable_metadata
+        self.draw_prompt = draw_prompt
         # What a reconnecting socket is told (server.client_id / server.last_node_id).
         self.client_id: str | None = None
         self.last_node_id: str | None = None
@@ -586,6 +588,7 @@ class _PromptRun:
                 extra_pnginfo=self.extra_data.get("extra_pnginfo"),
                 folders=self.ex.folders,
                 disable_metadata=self.ex.disable_metadata,
+                draw_prompt=self.ex.draw_prompt,
             )
             # Pixel work runs in a thread so the event loop keeps answering HTTP meanwhile.
             result: NodeResult = await asyncio.to_thread(run_node, call)

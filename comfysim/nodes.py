@@ -9,7 +9,9 @@ node with a missing model or dependency would.
 
 from __future__ import annotations
 
+import colorsys
 import copy
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -18,13 +20,14 @@ import math
 import os
 import random
 import struct
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 OBJECT_INFO_PATH = Path(__file__).parent / "data" / "object_info.json"
@@ -325,6 +328,8 @@ class NodeCall:
     extra_pnginfo: Any
     folders: Folders
     disable_metadata: bool
+    # --draw-prompt: SaveImage draws the prompt and seed on its images (see demo_drawing).
+    draw_prompt: bool = False
 
 
 @dataclass
@@ -524,7 +529,54 @@ def _save_images(call: NodeCall, *, prefix: str, directory: Path, kind: str, com
 
 def save_image(call: NodeCall) -> NodeResult:
     prefix = call.inputs.get("filename_prefix", "ComfyUI")
+    if call.draw_prompt:
+        batch: ImageBatch = call.inputs["images"]
+        drawn = ImageBatch([demo_drawing(img, call.prompt) for img in batch.images])
+        call = dataclasses.replace(call, inputs={**call.inputs, "images": drawn})
     return _save_images(call, prefix=prefix, directory=call.folders.output, kind="output", compress_level=4)
+
+
+# Inputs that hold a graph's prompt text and its seed, in the core nodes bookrender's workflows use.
+_TEXT_INPUTS = ("text", "value", "string")
+_SEED_INPUTS = ("seed", "noise_seed")
+
+
+def demo_drawing(img: Image.Image, prompt: dict[str, Any]) -> Image.Image:
+    """``--draw-prompt``: the image tinted with a colour taken from the prompt text, a disc placed
+    and coloured by the seed, and the text itself, so every page of a demo book looks different
+    and a regenerate (a new seed) visibly changes the page."""
+    text, seed = _prompt_text_and_seed(prompt)
+    digest = hashlib.sha256(text.encode()).digest()
+    hue = digest[0] / 255
+    tint = tuple(round(255 * c) for c in colorsys.hls_to_rgb(hue, 0.55, 0.55))
+    out = Image.blend(img.convert("RGB"), Image.new("RGB", img.size, tint), 0.6)
+    draw = ImageDraw.Draw(out)
+    rng = random.Random(seed)
+    radius = max(8, min(out.size) // rng.randint(5, 9))
+    x, y = rng.randint(radius, max(radius, out.width - radius)), rng.randint(radius, max(radius, out.height // 2))
+    disc = tuple(round(255 * c) for c in colorsys.hls_to_rgb(rng.random(), 0.5, 0.8))
+    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=disc, outline="white", width=3)
+    size = max(12, out.width // 18)
+    font = ImageFont.load_default(size=size)
+    lines = textwrap.wrap(text or "(no prompt)", width=max(8, int(out.width / (size * 0.55))))[:8]
+    top = out.height - (len(lines) + 2) * size * 1.3 - size
+    draw.rectangle((0, top, out.width, out.height), fill=(255, 255, 255))
+    for number, line in enumerate(lines):
+        draw.text((size, top + size * 0.6 + number * size * 1.3), line, fill=(16, 24, 40), font=font)
+    draw.text((size, out.height - size * 1.6), f"seed {seed}", fill=(102, 112, 133), font=font)
+    return out
+
+
+def _prompt_text_and_seed(prompt: dict[str, Any]) -> tuple[str, int]:
+    text, seed = "", 0
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        for key, value in inputs.items():
+            if key in _TEXT_INPUTS and isinstance(value, str) and len(value) > len(text):
+                text = value
+            elif key in _SEED_INPUTS and isinstance(value, int) and not seed:
+                seed = value
+    return text, seed
 
 
 def preview_image(call: NodeCall) -> NodeResult:

@@ -59,6 +59,7 @@ class Options:
     test_nodes: bool = False
     cache_none: bool = False
     disable_metadata: bool = False
+    draw_prompt: bool = False
     checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS
     port_file: Path | None = None
     verbose: bool = False
@@ -234,6 +235,7 @@ class Simulator:
             supports_preview_metadata=self.supports_preview_metadata,
             cache_enabled=not options.cache_none,
             disable_metadata=options.disable_metadata,
+            draw_prompt=options.draw_prompt,
         )
         self.app = self._make_app()
         self._tasks: list[asyncio.Task[None]] = []

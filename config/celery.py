@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_prerun, worker_init
+from celery.signals import beat_init, before_task_publish, task_prerun, worker_init
 
 from renders.worker_gate import HealthGate
 
@@ -35,3 +35,43 @@ def _database_connection_checked(**_: object) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@before_task_publish.connect
+def _name_the_page(sender: str | None = None, headers: dict[str, object] | None = None, **_: object) -> None:
+    """Flower shows a task's kwargs: make a render task's read
+    "{'book': 12, 'title': 'The Fox', 'page': 7, 'attempt': 2}" rather than "{}", so support can find
+    why page 7 of a book failed. The args stay "(431, 2)", which tools and tests parse. The
+    publishing code is untouched; a failed lookup leaves the kwargs as they were."""
+    if sender != "renders.tasks.render_page" or not headers:
+        return
+    from django.db import DatabaseError
+
+    from books.models import BookPage
+
+    page_id, attempt = _render_args(headers.get("argsrepr"))
+    if page_id is None:
+        return
+    try:
+        row = BookPage.objects.filter(pk=page_id).values_list("book_id", "book__title", "number").first()
+    except DatabaseError:
+        return
+    if row is not None:
+        book_id, title, number = row
+        headers["kwargsrepr"] = repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
+
+
+def _render_args(argsrepr: object) -> tuple[int | None, int | None]:
+    """(page_id, attempt) from a render task's argsrepr "(431, 2)"."""
+    parts = str(argsrepr or "").strip("()[] ").split(",")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return None, None
+
+
+@beat_init.connect
+def _no_sent_events_from_beat(sender: object = None, **_: object) -> None:
+    """Beat publishes only the maintenance tasks, one a second: their task-sent events would flood
+    Flower's task list. (Their workers do not send events for them either: CELERY_TASK_ANNOTATIONS.)"""
+    app.conf.task_send_sent_event = False

@@ -27,6 +27,8 @@ if not SECRET_KEY.strip():
     SECRET_KEY = "dev-only-insecure-key-change-me"  # lets Django start far enough to say so
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# A stale tab's button gets a page that says nothing changed and leads back, not a bare 403.
+CSRF_FAILURE_VIEW = "books.errorviews.csrf_failure"
 
 # HTTPS, for `manage.py check --deploy`. Off by default so that a fresh checkout works on plain
 # http://localhost; the production env file (ops/default/bookrender.env) turns each on.
@@ -243,6 +245,14 @@ CELERY_TASK_QUEUES = [Queue("celery"), Queue("maintenance")]
 CELERY_TASK_ROUTES = {
     "renders.tasks.sweep": {"queue": "maintenance"},
     "renders.tasks.probe_instances": {"queue": "maintenance"},
+    # Emails when a book settles: never behind the render work, nor held up while ComfyUI is down.
+    "books.tasks.notify_book": {"queue": "maintenance"},
+}
+# The maintenance tasks run every second or so: no task events for them, so Flower lists the render
+# tasks people ask about (see also config/celery.py, which stops beat's task-sent events).
+CELERY_TASK_ANNOTATIONS = {
+    "renders.tasks.sweep": {"send_events": False},
+    "renders.tasks.probe_instances": {"send_events": False},
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-pages": {
@@ -254,6 +264,20 @@ CELERY_BEAT_SCHEDULE = {
     # Each instance is probed when due (every 5 s while up, backing off while down).
     "probe-instances": {"task": "renders.tasks.probe_instances", "schedule": 1.0, "options": {"expires": 10}},
 }
+
+# --- Notifications (books/notifications.py) ---------------------------------------------------------
+# When a book finishes or needs attention its owner gets one email. The console backend prints it to
+# the maintenance worker's log; set BOOKRENDER_EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend
+# and the host for real mail.
+EMAIL_BACKEND = env_str("BOOKRENDER_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("BOOKRENDER_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("BOOKRENDER_EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("BOOKRENDER_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_str("BOOKRENDER_EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("BOOKRENDER_EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("BOOKRENDER_FROM_EMAIL", "bookrender@localhost")
+# The address people reach the site at, for the links in emails.
+BOOKRENDER_SITE_URL = env_str("BOOKRENDER_SITE_URL", "http://127.0.0.1:8000")
 
 # --- Health checks and auto-repair (ops/health, ops/repair) --------------------------------------
 # Read where they are used; registered here so the env file may set them (renders.E002) and a
@@ -281,5 +305,8 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
         "websocket": {"level": "WARNING"},
         "matplotlib": {"level": "WARNING"},
+        # Beat logs "Sending due task" at INFO for each maintenance run, one a second: about 80 MB
+        # a day. Its warnings and errors still show.
+        "celery.beat": {"level": "WARNING"},
     },
 }

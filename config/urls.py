@@ -11,6 +11,9 @@ from renders.views import healthz, metrics
 
 # Failed sign-ins are limited per username on both login pages (books/signin.py).
 admin.site.login_form = AdminSignInForm
+# JSON clients get JSON 403 and 404 answers; people get Django's pages (see books.errorviews).
+handler403 = "books.errorviews.permission_denied"
+handler404 = "books.errorviews.page_not_found"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="books:list", permanent=False)),

@@ -208,28 +208,29 @@ def run() -> int:
         # Flower reads its basic-auth credentials from this variable itself.
         env.setdefault("FLOWER_BASIC_AUTH", "admin:admin-password")
         logs.mkdir(parents=True, exist_ok=True)
+        simulator: list[str] = []
         if "COMFYUI_URLS" not in os.environ:
             port = 8188 if not port_open("127.0.0.1", 8188, 0.2) else free_port()
-            stack.start(
-                "simulator",
-                [
-                    PYTHON,
-                    "-m",
-                    "comfysim",
-                    "--port",
-                    str(port),
-                    "--base-directory",
-                    str(var / "comfysim"),
-                    "--render-time",
-                    "uniform:0.5,2.0",
-                ],
-                env,
-                logs / "simulator.log",
-            )
+            print(f"devstack: starting the ComfyUI simulator on port {port}")
+            simulator = [
+                PYTHON,
+                "-m",
+                "comfysim",
+                "--port",
+                str(port),
+                "--base-directory",
+                str(var / "comfysim"),
+                "--render-time",
+                "uniform:0.5,2.0",
+                # Pages that show their prompt and seed, so the demo's pages differ and a regenerate shows.
+                "--draw-prompt",
+            ]
+            stack.start("simulator", simulator, env, logs / "simulator.log")
             env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
             if not wait_http(env["COMFYUI_URLS"] + "/system_stats", 20):
                 raise SystemExit(f"devstack: the ComfyUI simulator did not start; see {logs / 'simulator.log'}")
         manage = [PYTHON, str(ROOT / "manage.py")]
+        print("devstack: checking the settings, migrating the database, seeding the demo user and book")
         for step in (
             ["check", "--fail-level", "ERROR"],
             ["migrate", "--noinput"],
@@ -256,6 +257,7 @@ def run() -> int:
         log_names = {"render-worker": "worker", "maintenance-worker": "maintenance"}
         # gunicorn's pool, as the env file sets it (ops/default/bookrender.env).
         env.setdefault("GUNICORN_CMD_ARGS", "--workers 2 --timeout 60")
+        print("devstack: starting web, worker, maintenance worker, beat, Flower and the health server")
         for name, role_values in values.items():
             argv = topology.argv(name, log_level=log_level, **role_values)
             log_name = log_names.get(name, name)
@@ -274,10 +276,18 @@ def run() -> int:
             flush=True,
         )
         while True:
-            for name, process in stack.children:
-                if process.poll() is not None:
-                    print(f"devstack: {name} exited with {process.returncode}; stopping (see {logs / name}.log)")
-                    return 1
+            for index, (name, process) in enumerate(stack.children):
+                if process.poll() is None:
+                    continue
+                if name == "simulator" and simulator:
+                    # The simulator stands in for a GPU server, which crashes on its own (and can be
+                    # told to, [sim:crash]): restart it, and let bookrender show how it recovers.
+                    print(f"devstack: simulator exited with {process.returncode}; restarting it ({logs}/simulator.log)")
+                    del stack.children[index]
+                    stack.start("simulator", simulator, env, logs / "simulator.log")
+                    break
+                print(f"devstack: {name} exited with {process.returncode}; stopping (see {logs / name}.log)")
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\ndevstack: stopping")

@@ -42,10 +42,20 @@ class WebClient:
             raise WebError(f"signing in as {username} answered {response.status_code}, not a redirect")
 
     def create_book(self, *, title: str, pages: list[dict[str, Any]], workflow: str = "model-free") -> int:
-        """POST /books/new with the pages as a JSON upload; returns the new book's id."""
+        """POST /books/new with the pages as a JSON upload; returns the new book's id. ``confirm`` with
+        the page count skips the preview a person sees first (the count must match, or nothing is
+        created)."""
+        data = {
+            "title": title,
+            "workflow": workflow,
+            "text": "",
+            "confirm": "1",
+            "expected_pages": str(len(pages)),
+            "csrfmiddlewaretoken": self._csrf(),
+        }
         response = self.session.post(
             self.base_url + "/books/new",
-            data={"title": title, "workflow": workflow, "text": "", "csrfmiddlewaretoken": self._csrf()},
+            data=data,
             files={"upload": ("pages.json", json.dumps(pages), "application/json")},
             headers={"Referer": self.base_url + "/books/new"},
             allow_redirects=False,

@@ -1,10 +1,10 @@
-"""A page's render error in plain words, one sentence per kind."""
+"""A page's render error: plain words and advice for its owner, one technical line for support."""
 
 from __future__ import annotations
 
 import pytest
 
-from books.errors import error_in_plain_words
+from books.errors import error_advice, error_in_plain_words, error_technical
 
 
 @pytest.mark.parametrize(
@@ -80,5 +80,33 @@ from books.errors import error_in_plain_words
         ({}, "The render failed for an unknown reason"),
     ],
 )
-def test_each_kind_of_error_reads_as_one_plain_sentence(entry, words):
-    assert error_in_plain_words(entry) == words
+def test_each_kind_of_error_reads_as_one_technical_line_for_support(entry, words):
+    assert error_technical(entry) == words
+
+
+KINDS = ["oom", "validation", "unavailable", "timeout", "execution", "interrupted", "protocol", "low_vram"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_of_error_reads_without_jargon_and_comes_with_advice(kind):
+    entry = {
+        "kind": kind,
+        "message": "x",
+        "node_id": "4",
+        "node_type": "PrimitiveStringMultiline",
+        "exception_type": "RuntimeError",
+        "instance": "http://10.0.0.5:8189",
+    }
+    words = error_in_plain_words(entry)
+    for jargon in ("ComfyUI", "node", "PrimitiveStringMultiline", "RuntimeError", "http://"):
+        assert jargon not in words
+    assert words.endswith(".")
+    retrying, given_up = error_advice(entry, retrying=True), error_advice(entry, retrying=False)
+    assert "by itself" in retrying or "once more" in retrying
+    assert "by itself" not in given_up and given_up != retrying
+
+
+def test_a_temporary_error_is_called_temporary_and_a_settings_error_asks_for_an_edit():
+    assert "Usually temporary" in error_advice({"kind": "unavailable"}, retrying=False)
+    assert "Edit page" in error_advice({"kind": "validation"}, retrying=False)
+    assert error_in_plain_words({"kind": "mystery"}) == error_in_plain_words({})

@@ -194,10 +194,10 @@ def test_pages_that_do_not_exist_are_refused_and_nothing_is_queued(alice_client,
     response = regenerate_json(alice_client, book, [2, 99, 0])
 
     assert response.status_code == 400
-    assert response.json() == {"error": "Pages 0 and 99 do not exist: 'The Fox' has pages 1 to 3."}
+    assert response.json() == {"error": "Pages 0 and 99 do not exist: “The Fox” has pages 1 to 3."}
     assert book.pages.get(number=2).status == Status.FAILED
     response = alice_client.post(f"/books/{book.pk}/regenerate", {"page": "7"}, follow=True)
-    assert messages_of(response) == ["Page 7 does not exist: 'The Fox' has pages 1 to 3."]
+    assert messages_of(response) == ["Page 7 does not exist: “The Fox” has pages 1 to 3."]
 
 
 @pytest.mark.parametrize(
@@ -289,9 +289,11 @@ def test_the_status_page_shows_a_card_per_page_with_badge_attempts_and_error_in_
         (2, "Needs attention"),
         (3, "Rendering"),
     ]
-    assert f'src="/books/{book.pk}/pages/1/image?v=1"' in html
-    assert "ComfyUI ran out of GPU memory on node 12 (KSampler)" in html
-    assert "<summary>Details</summary>" in html and "KSampler" in html
+    assert f'src="/books/{book.pk}/pages/1/thumb?v=1"' in html
+    assert "The graphics card ran out of memory while drawing this page." in html
+    assert "Usually temporary: regenerate the page." in html  # advice, once bookrender gave up
+    assert "<summary>Technical details</summary>" in html
+    assert "ComfyUI ran out of GPU memory on node 12 (KSampler)" in html  # folded, for support
     # The owner is not staff: no ComfyUI URLs and no raw exception text.
     assert "torch.OutOfMemoryError" not in html and "127.0.0.1:8188" not in html
     assert "Allocation on device" not in html
@@ -316,18 +318,20 @@ def test_the_live_partial_is_the_cards_and_says_when_to_stop_polling(alice_clien
 def test_the_api_gives_status_counts_and_errors_per_page(alice_client, book):
     page_set(book, 2, Status.FAILED)
     data = alice_client.get(f"/api/books/{book.pk}").json()
-    assert data["counts"] == {"queued": 2, "rendering": 0, "done": 0, "failed": 1, "total": 3}
+    assert data["counts"] == {"queued": 2, "rendering": 0, "done": 0, "failed": 1, "cancelled": 0, "total": 3}
     assert data["regenerate_url"] == f"/books/{book.pk}/regenerate"
     page = data["pages"][1]
     assert page["badge"] == "Needs attention"
-    assert page["error"] == "ComfyUI ran out of GPU memory on node 12 (KSampler)"
+    assert page["error"] == "The graphics card ran out of memory while drawing this page."
+    assert page["advice"].startswith("Usually temporary")
     public = {
         "attempt": 2,
         "kind": "oom",
         "node_id": "12",
         "node_type": "KSampler",
         "at": "2026-01-01T10:00:00+00:00",
-        "text": "ComfyUI ran out of GPU memory on node 12 (KSampler)",
+        "text": "The graphics card ran out of memory while drawing this page.",
+        "details": "ComfyUI ran out of GPU memory on node 12 (KSampler)",
     }
     assert page["latest_error"] == public and page["errors"] == [public]
 
@@ -362,8 +366,20 @@ def new_book(client: Client, **data):
     return client.post("/books/new", {"title": "The Heron", "workflow": "model-free", **data})
 
 
+def create_book(client: Client, **data):
+    """What a person does: submit the form, read the page count, press "Create" (the browser sends
+    the kept file back, not the file input, which it cleared)."""
+    preview = new_book(client, **data)
+    form = preview.context["form"]
+    assert preview.status_code == 200 and preview.context["preview"], form.errors
+    again = {key: value for key, value in data.items() if key != "upload"}
+    if form.kept_text:
+        again.update(kept_upload=form.kept_text, kept_upload_name=form.kept_name)
+    return new_book(client, **again, confirm="1", expected_pages=str(len(preview.context["preview"])))
+
+
 def test_a_user_creates_a_book_with_one_page_per_paragraph(alice, alice_client):
-    response = new_book(alice_client, text="A heron at dawn.\n\nA heron in the reeds,\nlooking up.\n\n")
+    response = create_book(alice_client, text="A heron at dawn.\n\nA heron in the reeds,\nlooking up.\n\n")
     book = Book.objects.get(owner=alice, title="The Heron")
     assert response.status_code == 302 and response["Location"] == f"/books/{book.pk}/"
     assert list(book.pages.values_list("number", "prompt", "status")) == [
@@ -399,7 +415,7 @@ def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):
     upload = SimpleUploadedFile(
         "pages.json", json.dumps({"pages": ["A heron", {"prompt": "A fox", "width": 512}]}).encode()
     )
-    response = new_book(alice_client, upload=upload)
+    response = create_book(alice_client, upload=upload)
     book = Book.objects.get(owner=alice, title="The Heron")
     assert response.status_code == 302
     assert book.pages.get(number=2).overrides == {"width": 512}
@@ -420,10 +436,11 @@ def test_the_form_names_each_bad_page(alice_client):
     upload = SimpleUploadedFile("pages.json", json.dumps(["ok", 5, {"prompt": "x", "width": 9}, "  "]).encode())
     response = new_book(alice_client, upload=upload)
     form = response.context["form"]
-    assert form.errors["upload"] == ["2 pages need fixing:"]
+    assert form.errors["upload"] == ["3 pages need fixing:"]
     assert form.page_errors == {
         "page 2": "Expected a prompt string or an object with a 'prompt'.",
         "page 3": "Width must be a whole number from 64 to 4096.",
+        "page 4": "The prompt is empty.",
     }
     assert "Page 2: Expected a prompt string" in response.content.decode()
 
@@ -517,7 +534,7 @@ def test_an_admin_reruns_any_page_even_a_done_one(admin_user, root_client, book)
             f"/admin/books/{book.pk}/regenerate-page/1", {"next": f"/books/{book.pk}/"}, follow=True
         )
     assert response.redirect_chain == [(f"/books/{book.pk}/", 302)]
-    assert messages_of(response) == ["Page 1 of 'The Fox' was queued again (attempt 2)."]
+    assert messages_of(response) == ["Page 1 of “The Fox” was queued again (attempt 2)."]
     page = book.pages.get(number=1)
     assert page.status == Status.QUEUED and page.attempt == 2
     assert page.job_metadata["requests"] == [
@@ -535,7 +552,7 @@ def test_an_admin_rerun_goes_back_to_the_page_admin_by_default(root_client, book
 def test_an_admin_rerun_of_a_page_already_rendering_says_so(root_client, book):
     page_set(book, 2, Status.RENDERING)
     response = root_client.post(f"/admin/books/{book.pk}/regenerate-page/2", follow=True)
-    assert messages_of(response) == ["Page 2 of 'The Fox' was not queued: already rendering."]
+    assert messages_of(response) == ["Page 2 of “The Fox” was not queued: already rendering."]
     assert book.pages.get(number=2).attempt == 1
 
 
@@ -762,3 +779,33 @@ def test_staff_see_an_admin_link_and_users_do_not(alice_client, root_client, boo
 
 def test_users_only_see_their_own_name(alice: User, alice_client):
     assert "Signed in as <strong>alice</strong>" in alice_client.get("/books/").content.decode()
+
+
+def test_the_summary_and_the_cards_come_from_one_read_of_the_pages(alice_client, book):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    page_set(book, 1, Status.DONE)
+    with CaptureQueriesContext(connection) as queries:
+        response = alice_client.get(f"/books/{book.pk}/pages")
+    page_reads = [q["sql"] for q in queries.captured_queries if 'FROM "books_bookpage"' in q["sql"]]
+    assert len(page_reads) == 1, page_reads
+    assert response.context["counts"] == {
+        "queued": 2,
+        "rendering": 0,
+        "done": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "total": 3,
+    }
+
+
+def test_the_tab_title_and_icon_follow_the_books_state(alice_client, book):
+    html = alice_client.get(f"/books/{book.pk}/").content.decode()
+    assert "<title>(0/3) The Fox · bookrender</title>" in html and "fill='%23175cd3'" in html
+    page_set(book, 2, Status.FAILED)
+    html = alice_client.get(f"/books/{book.pk}/").content.decode()
+    assert "<title>⚠ 1 needs attention · The Fox · bookrender</title>" in html and "fill='%23b42318'" in html
+    book.pages.update(status=Status.DONE)
+    live = alice_client.get(f"/books/{book.pk}/pages").content.decode()
+    assert 'data-title="✓ The Fox · bookrender"' in live and "fill='%23067647'" in live

@@ -26,7 +26,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
-        demo, created = User.objects.get_or_create(username="demo")
+        # An address, so the console mail backend shows the "book is ready" email in the maintenance log.
+        demo, created = User.objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
         if created:
             demo.set_password("demo-password")
             demo.save()

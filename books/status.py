@@ -1,0 +1,224 @@
+"""What the status page shows of a book: the counts, and for each page its card: the error in plain
+words with advice, an honest reason for every wait, and the settings its image was drawn with.
+
+Everything comes from one read of the book's pages, so the summary and the cards always agree."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from books.errors import error_advice, error_in_plain_words, error_public, error_technical
+from books.models import Book, BookPage
+from renders.models import ComfyInstance, RenderAttempt
+from renders.workflows import Workflow, WorkflowError, workflow_get
+
+Status = BookPage.Status
+ACTIVE = (Status.QUEUED, Status.RENDERING)
+
+# The status filter's choices: ?status=<key> shows the pages whose status is in the tuple.
+FILTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "failed": ("Needs attention", (Status.FAILED,)),
+    "pending": ("Pending", (Status.QUEUED, Status.RENDERING)),
+    "done": ("Done", (Status.DONE,)),
+}
+
+
+def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
+    """What the status page shows; the admin's status view shows the same. ``?status=failed``
+    (or pending, done) shows only those pages; the counts are always the whole book's."""
+    pages = list(book.pages.order_by("number"))
+    counts = page_counts(pages)
+    try:
+        workflow: Workflow | None = workflow_get(book.workflow)
+    except WorkflowError:
+        workflow = None
+    if request.user.pk == book.owner_id:
+        actions = "owner"
+    elif request.user.has_perm("books.change_bookpage"):
+        actions = "admin"
+    else:
+        actions = ""
+    chosen = request.GET.get("status", "")
+    shown = [page for page in pages if chosen not in FILTERS or page.status in FILTERS[chosen][1]]
+    context = _WaitContext(pages, any_instance_up=_any_instance_up() if counts[Status.QUEUED] else True)
+    successes = _successful_attempts([page for page in shown if page.image_attempt])
+    tab_state, tab_title = tab_state_and_title(book, counts)
+    return {
+        "book": book,
+        "tab_state": tab_state,
+        "tab_title": tab_title,
+        "pages": [
+            page_view(
+                page,
+                workflow=workflow,
+                waits=context,
+                success=successes.get(page.pk),
+                internals=request.user.is_staff,
+            )
+            for page in shown
+        ],
+        "counts": counts,
+        "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
+        "workflow_title": workflow.title if workflow else book.workflow,
+        "actions": actions,
+        "filter": chosen if chosen in FILTERS else "",
+        "filters": [(key, label, sum(counts[s] for s in statuses)) for key, (label, statuses) in FILTERS.items()],
+    }
+
+
+def tab_state_and_title(book: Book, counts: dict[str, int]) -> tuple[str, str]:
+    """The book's state for the tab's icon, and the tab's title: a tab left in the background says
+    when the book is done or needs attention."""
+    if counts[Status.FAILED]:
+        need = "needs" if counts[Status.FAILED] == 1 else "need"
+        return "failed", f"⚠ {counts[Status.FAILED]} {need} attention · {book.title} · bookrender"
+    if counts[Status.QUEUED] + counts[Status.RENDERING]:
+        return "active", f"({counts[Status.DONE]}/{counts['total']}) {book.title} · bookrender"
+    if counts["total"]:
+        return "done", f"✓ {book.title} · bookrender"
+    return "", f"{book.title} · bookrender"
+
+
+def page_counts(pages: list[BookPage]) -> dict[str, int]:
+    counts = {status.value: 0 for status in Status}
+    for page in pages:
+        counts[page.status] += 1
+    counts["total"] = len(pages)
+    return counts
+
+
+def page_view(
+    page: BookPage,
+    *,
+    workflow: Workflow | None,
+    waits: _WaitContext,
+    success: RenderAttempt | None,
+    internals: bool = False,
+) -> dict[str, Any]:
+    """What a card shows of a page. Without ``internals`` (not staff): no ComfyUI URLs or raw
+    exception text, only what the error means."""
+    raw = page.latest_error
+    latest = raw if internals or not raw else error_public(raw)
+    wait = page_wait(page, waits=waits)
+    # The last error shows at once while the page waits to retry it, not only once it gave up.
+    show_error = latest is not None and (page.status == Status.FAILED or bool(wait and wait["after_error"]))
+    retrying = page.status != Status.FAILED
+    return {
+        "page": page,
+        "error_text": error_in_plain_words(latest) if latest and show_error else "",
+        "error_advice": error_advice(latest, retrying=retrying) if latest and show_error else "",
+        "error": (
+            {
+                **latest,
+                "at": parse_datetime(str(latest.get("at") or "")),
+                "technical": error_technical(raw, internals=internals),
+            }
+            if latest and raw
+            else None
+        ),
+        "earlier_errors": [
+            {**entry, "text": error_in_plain_words(entry)} if internals else error_public(entry)
+            for entry in reversed(page.image_error[:-1])
+        ],
+        "wait": wait,
+        "drawn_with": _drawn_with(page, workflow, success) if page.image else None,
+        # Changes whenever the card would look different, so the script replaces only those cards.
+        "version": "-".join(
+            str(part)
+            for part in (
+                page.status,
+                page.attempt,
+                page.image_attempt or 0,
+                page.retry_count,
+                (page.job_metadata.get("deferred") or {}).get("at", ""),
+                page.next_attempt_at.timestamp() if page.next_attempt_at else "",
+            )
+        ),
+    }
+
+
+class _WaitContext:
+    """What the reasons for waiting depend on besides the page itself."""
+
+    def __init__(self, pages: list[BookPage], *, any_instance_up: bool) -> None:
+        self.any_instance_up = any_instance_up
+        self.sequential = not settings.COMFY_ALLOW_PARALLEL_PAGES
+        self.first_active = next((page.number for page in pages if page.status in ACTIVE), None)
+        self.now = timezone.now()
+
+
+def page_wait(page: BookPage, *, waits: _WaitContext) -> dict[str, Any] | None:
+    """Why a pending page is waiting, and until when, from fields the pipeline already stores:
+    ``retry_count`` and the run's ``retry_base`` (a retry after an error, in backoff until
+    ``next_attempt_at``), ``job_metadata["deferred"]`` (no free slot, low VRAM), the instances'
+    state (none up) and, for books rendered one page at a time, the page ahead of it."""
+    if page.status != Status.QUEUED:
+        return None
+    run = page.job_metadata.get("run") or {}
+    retries_in_run = page.retry_count - int(run.get("retry_base", 0))
+    until = page.next_attempt_at if page.next_attempt_at and page.next_attempt_at > waits.now else None
+    seconds = math.ceil((until - waits.now).total_seconds()) if until else 0
+    deferred = page.job_metadata.get("deferred") or {}
+    deferred_at = parse_datetime(str(deferred.get("at") or ""))
+    latest = page.latest_error
+    latest_at = parse_datetime(str(latest.get("at") or "")) if latest else None
+    run_at = parse_datetime(str(run.get("at") or ""))
+    wait: dict[str, Any] = {"until": until, "seconds": seconds, "after_error": False}
+    newest = max((at for at in (latest_at, run_at) if at), default=None)
+    if deferred_at and until and (newest is None or deferred_at > newest):
+        note = str(deferred.get("note") or "")
+        reason = "The graphics card is low on memory." if "VRAM" in note else "Every image server is busy or down."
+        return {**wait, "text": f"Trying again in {seconds} s", "reason": reason}
+    if retries_in_run > 0 and latest is not None and latest.get("attempt") == page.attempt - 1:
+        of = settings.COMFY_MAX_RETRIES + 1
+        attempt = f"attempt {retries_in_run + 1} of {of}"
+        text = f"Retrying in {seconds} s ({attempt})" if until else f"Retrying now ({attempt})"
+        return {**wait, "text": text, "reason": "", "after_error": True}
+    if not waits.any_instance_up:
+        return {**wait, "text": "Waiting for an image server", "reason": "No image server is answering right now."}
+    if waits.sequential and waits.first_active is not None and waits.first_active < page.number:
+        return {
+            **wait,
+            "text": f"Waiting for page {waits.first_active}",
+            "reason": "This book is drawn one page at a time, in order.",
+        }
+    return {**wait, "text": "Waiting for a free GPU", "reason": ""}
+
+
+def _any_instance_up() -> bool:
+    """False only when instances are known and every one is down (none known yet: not probed)."""
+    enabled = ComfyInstance.objects.filter(enabled=True)
+    return enabled.filter(state=ComfyInstance.State.UP).exists() or not enabled.exists()
+
+
+def _successful_attempts(pages: list[BookPage]) -> dict[int, RenderAttempt]:
+    """The attempt that drew each page's image, in one query."""
+    if not pages:
+        return {}
+    wanted = Q()
+    for page in pages:
+        wanted |= Q(page_id=page.pk, number=page.image_attempt)
+    return {attempt.page_id: attempt for attempt in RenderAttempt.objects.filter(wanted)}
+
+
+def _drawn_with(page: BookPage, workflow: Workflow | None, success: RenderAttempt | None) -> dict[str, Any]:
+    defaults = workflow.defaults if workflow else {}
+    width = page.overrides.get("width") or defaults.get("width")
+    height = page.overrides.get("height") or defaults.get("height")
+    started: datetime | None = success.started_at or success.submitted_at or success.created_at if success else None
+    finished = (success.comfy_finished_at or success.finished_at) if success else None
+    return {
+        "seed": success.seed if success else page.overrides.get("seed"),
+        "width": width,
+        "height": height,
+        "negative_prompt": page.negative_prompt,
+        "render_seconds": round((finished - started).total_seconds(), 1) if started and finished else None,
+    }

@@ -1,0 +1,43 @@
+"""What support sees in Flower and the logs: render tasks named by book and page, and the
+maintenance tasks kept out of the way (no task events, no beat log line a second)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from django.conf import settings
+
+from books.services import PageSpec, book_create
+from config.celery import app
+from renders.tasks import render_page
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_render_task_names_its_book_page_and_attempt_for_flower(alice, broker):
+    book = book_create(owner=alice, title="The Fox", workflow="model-free", pages=[PageSpec("a"), PageSpec("b")])
+    page = book.pages.get(number=2)
+    render_page.apply_async((page.pk, page.attempt))
+    raw = redis.Redis.from_url(settings.CELERY_BROKER_URL).lpop("celery")
+    assert isinstance(raw, bytes)
+    headers = json.loads(raw)["headers"]
+    assert headers["kwargsrepr"] == repr({"book": book.pk, "title": "The Fox", "page": 2, "attempt": 1})
+    assert headers["argsrepr"] == f"({page.pk}, 1)"  # unchanged: tools parse it
+    assert headers["task"] == "renders.tasks.render_page"
+
+
+def test_the_maintenance_tasks_send_no_task_events():
+    assert app.tasks["renders.tasks.sweep"].send_events is False
+    assert app.tasks["renders.tasks.probe_instances"].send_events is False
+    assert app.tasks["renders.tasks.render_page"].send_events is True
+
+
+def test_beat_sends_the_maintenance_tasks_without_a_log_line_each(start_beat, broker, tmp_path):
+    start_beat()
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    wait_for(lambda: client.llen("maintenance") >= 5, message="beat sent no maintenance tasks")
+    log = (tmp_path / "beat-0.log").read_text()
+    assert "Sending due task" not in log

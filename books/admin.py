@@ -207,9 +207,12 @@ class BookAdmin(admin.ModelAdmin[Book]):
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         """The page inline edits prompts; each page saves only what its row changed."""
+        # What formset.save() would leave behind, for the admin's change message.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for page_form in formset.forms:
             if page_form.instance.pk and page_form.has_changed():
                 save_changed_fields(page_form.instance, page_form, change=True)
+                formset.changed_objects.append((page_form.instance, page_form.changed_data))
 
     def delete_model(self, request: HttpRequest, obj: Book) -> None:
         book_delete(book=obj)  # with its image files, which a plain delete leaves on disk

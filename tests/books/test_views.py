@@ -392,23 +392,30 @@ def test_too_many_new_books_in_an_hour_are_refused_and_the_form_keeps_the_pages(
     settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 3
     with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False) as clock:
         for _ in range(3):
-            assert new_book(alice_client, text="A heron at dawn.").status_code == 302
+            assert create_book(alice_client, text="A heron at dawn.").status_code == 302
 
-        response = new_book(alice_client, text="One heron too many.")
+        response = create_book(alice_client, text="One heron too many.")
 
         assert response.status_code == 429
         html = response.content.decode()
         assert "Too many new books: try again in 3600 s." in html and "One heron too many." in html
         assert Book.objects.filter(owner=alice).count() == 3
-        assert new_book(client_for(bob), text="Bob's heron.").status_code == 302  # per user
+        assert create_book(client_for(bob), text="Bob's heron.").status_code == 302  # per user
         clock.shift(3600)
-        assert new_book(alice_client, text="A heron, an hour later.").status_code == 302
+        assert create_book(alice_client, text="A heron, an hour later.").status_code == 302
 
 
 def test_without_a_limit_on_new_books_none_is_refused(alice_client, settings):
     settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 0  # the load test's single user
     for _ in range(25):
-        assert new_book(alice_client, text="A heron at dawn.").status_code == 302
+        assert create_book(alice_client, text="A heron at dawn.").status_code == 302
+
+
+def test_a_preview_counts_no_new_book(alice_client, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 1
+    for _ in range(3):
+        assert new_book(alice_client, text="A heron at dawn.").status_code == 200  # previews only
+    assert create_book(alice_client, text="A heron at dawn.").status_code == 302
 
 
 def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):

@@ -18,6 +18,7 @@ one never looks installed. Every failure names its step and exits 1.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -563,7 +564,7 @@ class Switcher:
     def switch(self, name: str) -> None:
         """1. drain the instances; 2. point current at ``name``; 3. restart them; 4. validate them.
         If 3 or 4 fails, point current back at the install it replaced, restart again, and fail."""
-        if self.home.install_record(name) is None:
+        if self.home.install_record(name) is None and not self.dry_run:
             raise InstallError("switch", f"no complete install {name} in {self.home.installs}")
         record = self.home.record()
         old = str(record["current"]) if record else None
@@ -647,7 +648,39 @@ def cleanup(home: Home, *, dry_run: bool, out: TextIO) -> list[Path]:
     return removed
 
 
+def dev_instance(*, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run the current install as instance 0 on CPU (make run)."""
+    from django.conf import settings
+
+    home = Home(Path(settings.BOOKRENDER_COMFYUI_HOME or DEFAULT_HOME))
+    record = home.record()
+    if record is None:
+        raise SystemExit(
+            f"BOOKRENDER_DEV_COMFYUI=installed, but no ComfyUI is installed in {home.path}: "
+            "run python -m ops.comfyui install --cpu (and set BOOKRENDER_COMFYUI_HOME)"
+        )
+    return [str(record["launcher"]), "0", "--cpu"], {"CUI_PORT_BASE": str(port), "CUI_DATA_DIR": str(data_dir)}
+
+
 # --- command line -------------------------------------------------------------------------------
+
+
+def _lock(home: Home, out: TextIO) -> TextIO:
+    """One installer at a time per home: clean-up must never delete another one's build."""
+    home.path.mkdir(parents=True, exist_ok=True)
+    lock = (home.path / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another python -m ops.comfyui working in {home.path}", file=out, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _indexes(text: str) -> list[int]:
+    if not all(part.isdigit() for part in text.split()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GPU indexes separated by spaces, e.g. '0 1'")
+    return [int(part) for part in text.split()]
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -666,14 +699,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         sub.add_argument("--git-url", default="")
         sub.add_argument("--ref", default="")
         sub.add_argument("--torch", choices=("cpu", "cuda"), default="")
-        sub.add_argument("--models-dir", default="", help="shared model storage (default: <home>/models)")
+        sub.add_argument(
+            "--models-dir",
+            default=os.environ.get("CUI_MODELS_DIR", ""),
+            help="the shared model storage (default: $CUI_MODELS_DIR, else <home>/models)",
+        )
         sub.add_argument("--cpu", action="store_true", help="validate with --cpu (a machine without a GPU)")
         sub.add_argument("--dry-run", action="store_true")
     switch = commands.add_parser("switch", help="switch the instances to an installed install")
     switch.add_argument("name")
     switch.add_argument("--dry-run", action="store_true")
     for sub in (commands.choices["update"], switch):
-        sub.add_argument("--instances", default=os.environ.get("CUI_GPUS", ""), help='GPU indexes, e.g. "0 1"')
+        sub.add_argument(
+            "--instances",
+            type=_indexes,
+            default=os.environ.get("CUI_GPUS", ""),
+            help='the GPU indexes whose instances switch, e.g. "0 1" (default: $CUI_GPUS)',
+        )
         sub.add_argument("--restart-command", default="systemctl restart comfyui@{index}")
         sub.add_argument("--port-base", type=int, default=int(os.environ.get("CUI_PORT_BASE", "8188")))
     clean = commands.add_parser("cleanup", help="remove installs other than the current and previous")
@@ -681,6 +723,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     commands.add_parser("status", help="print the home's record")
     args = parser.parse_args(argv)
     home = Home(Path(args.home).resolve())
+    if args.command != "status" and not getattr(args, "dry_run", False):
+        lock = _lock(home, out)  # noqa: F841 (held until the process exits)
     try:
         if args.command == "status":
             record = home.record()
@@ -705,7 +749,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             name = args.name
         switcher = Switcher(
             home,
-            instances=[int(i) for i in args.instances.split()],
+            instances=args.instances,
             restart_command=args.restart_command,
             port_base=args.port_base,
             required_classes=required,

@@ -200,25 +200,20 @@ def run() -> int:
         logs.mkdir(exist_ok=True)
         if "COMFYUI_URLS" not in os.environ:
             port = 8188 if not port_open("127.0.0.1", 8188, 0.2) else free_port()
-            stack.start(
-                "simulator",
-                [
-                    PYTHON,
-                    "-m",
-                    "comfysim",
-                    "--port",
-                    str(port),
-                    "--base-directory",
-                    str(VAR / "comfysim"),
-                    "--render-time",
-                    "uniform:0.5,2.0",
-                ],
-                env,
-                logs / "simulator.log",
-            )
+            argv = [PYTHON, "-m", "comfysim", "--port", str(port), "--base-directory", str(VAR / "comfysim")]
+            argv += ["--render-time", "uniform:0.5,2.0"]
+            start_timeout = 20.0
+            if os.environ.get("BOOKRENDER_DEV_COMFYUI") == "installed":
+                # The ComfyUI that python -m ops.comfyui installed, on CPU, instead of the simulator.
+                from ops.comfyui import dev_instance
+
+                argv, extra_env = dev_instance(port=port, data_dir=VAR / "comfyui")
+                env = env | extra_env
+                start_timeout = 300.0
+            stack.start("simulator", argv, env, logs / "simulator.log")
             env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
-            if not wait_http(env["COMFYUI_URLS"] + "/system_stats", 20):
-                raise SystemExit("devstack: the ComfyUI simulator did not start; see var/logs/simulator.log")
+            if not wait_http(env["COMFYUI_URLS"] + "/system_stats", start_timeout):
+                raise SystemExit("devstack: ComfyUI did not start; see var/logs/simulator.log")
         manage = [PYTHON, str(ROOT / "manage.py")]
         for step in (
             ["check", "--fail-level", "ERROR"],

@@ -65,7 +65,7 @@ def test_a_custom_node_without_a_pin_is_refused_before_anything_is_installed(tmp
     code, _ = run(tmp_path, "install", "--git-url", str(comfy_repo), source=PINS + node)
     assert code == 1
     assert "FAILED at step source" in capsys.readouterr().err
-    assert not (tmp_path / "home").exists()
+    assert not (tmp_path / "home" / "installs").exists()
 
 
 def test_a_failed_pip_step_exits_1_and_leaves_no_install(tmp_path, comfy_repo, capsys):

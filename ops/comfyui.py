@@ -566,8 +566,9 @@ class Switcher:
         If 3 or 4 fails, point current back at the install it replaced, restart again, and fail."""
         if self.home.install_record(name) is None and not self.dry_run:
             raise InstallError("switch", f"no complete install {name} in {self.home.installs}")
-        record = self.home.record()
-        old = str(record["current"]) if record else None
+        record = self.home.record() or {}
+        old = str(record["current"]) if record.get("current") else None
+        old_previous = str(record["previous"]) if record.get("previous") else None
         if old == name:
             self.say(f"[switch] {name} is already current")
             return
@@ -588,8 +589,7 @@ class Switcher:
             raise InstallError("validate", problem)
         self.say(f"[validate] failed: {problem}")
         self.say(f"[rollback] switching back to {old}")
-        previous = read_record(self.home.installs / old / RECORD)
-        self.home.write_record(old, str(previous["previous"]) if previous and previous.get("previous") else None)
+        self.home.write_record(old, old_previous)
         again = self.restart_and_validate()
         if again:
             raise InstallError("rollback", f"switched back to {old}, but it does not validate either: {again}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ops import comfyui
-from ops.comfyui import CustomNode, Home, Source, cleanup, install_key
+from ops.comfyui import CustomNode, Home, InstallError, Source, Switcher, cleanup, install_key
 
 PINS = 'torch = "cuda"\ntorch_packages = ["torch==2.14.1", "torchvision==0.29.1"]\nextra_packages = ["requests"]\n'
 
@@ -103,3 +103,56 @@ def test_cleanup_keeps_the_current_and_the_previous_install(tmp_path):
     assert sorted(p.name for p in dry) == [".building-v4-d-xyz", "v1-a"] and (home.installs / "v1-a").exists()
     cleanup(home, dry_run=False, out=io.StringIO())
     assert sorted(p.name for p in home.installs.iterdir()) == ["v2-b", "v3-c"]
+
+
+def fake_install(home: Home, name: str) -> None:
+    (home.installs / name / "ComfyUI").mkdir(parents=True)
+    (home.installs / name / "install.json").write_text(json.dumps({"name": name, "ref": name}))
+
+
+def test_a_switch_whose_instances_fail_switches_back_and_fails(tmp_path, simulator):
+    """The instance is the simulator; the restart command succeeds only on the good install."""
+    home = Home(tmp_path)
+    for name in ("old", "good", "bad"):
+        fake_install(home, name)
+    home.write_record("old", None)
+    home.write_record("good", "old")
+    port = int(simulator.url.rsplit(":", 1)[1])
+    restart = f'test "$(readlink {tmp_path}/current)" = installs/good'
+    switcher = Switcher(home, [0], restart, port_base=port, required_classes={"EmptyImage"}, out=io.StringIO())
+
+    with pytest.raises(InstallError) as caught:
+        switcher.switch("bad")
+
+    assert caught.value.step == "validate" and "rolled back to good" in str(caught.value)
+    assert (tmp_path / "current").readlink() == Path("installs/good")
+    assert (home.record() or {})["current"] == "good" and (home.record() or {})["previous"] == "old"
+    assert "[rollback] switching back to good" in switcher.out.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_switch_to_an_install_that_validates_keeps_the_old_one_as_previous(tmp_path, simulator):
+    home = Home(tmp_path)
+    for name in ("old", "new"):
+        fake_install(home, name)
+    home.write_record("old", None)
+    port = int(simulator.url.rsplit(":", 1)[1])
+    switcher = Switcher(home, [0], "true", port_base=port, required_classes={"EmptyImage"}, out=io.StringIO())
+
+    switcher.switch("new")
+
+    assert (tmp_path / "current").readlink() == Path("installs/new")
+    assert (home.record() or {})["previous"] == "old"
+
+
+def test_a_switch_fails_when_an_instance_lacks_a_workflow_node_class(tmp_path, simulator):
+    home = Home(tmp_path)
+    for name in ("old", "new"):
+        fake_install(home, name)
+    home.write_record("old", None)
+    port = int(simulator.url.rsplit(":", 1)[1])
+    switcher = Switcher(home, [0], "true", port_base=port, required_classes={"NoSuchNode"}, out=io.StringIO())
+
+    with pytest.raises(InstallError) as caught:
+        switcher.switch("new")
+    assert "/object_info lacks NoSuchNode" in str(caught.value)
+    assert (tmp_path / "current").readlink() == Path("installs/old")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ops import comfyui
-from ops.comfyui import CustomNode, Home, InstallError, Source, Switcher, cleanup, install_key
+from ops.comfyui import CustomNode, Home, InstallError, Source, Switcher, cleanup, dev_instance, install_key
 
 PINS = 'torch = "cuda"\ntorch_packages = ["torch==2.14.1", "torchvision==0.29.1"]\nextra_packages = ["requests"]\n'
 
@@ -156,3 +156,19 @@ def test_a_switch_fails_when_an_instance_lacks_a_workflow_node_class(tmp_path, s
         switcher.switch("new")
     assert "/object_info lacks NoSuchNode" in str(caught.value)
     assert (tmp_path / "current").readlink() == Path("installs/old")
+
+
+def test_make_run_runs_the_current_install_on_cpu_and_says_when_there_is_none(settings, tmp_path):
+    settings.BOOKRENDER_COMFYUI_HOME = str(tmp_path)
+    with pytest.raises(SystemExit, match="no ComfyUI is installed in"):
+        dev_instance(port=18188, data_dir=tmp_path / "data")
+
+    fake_install(Home(tmp_path), "v1-a")
+    record = json.loads((tmp_path / "installs" / "v1-a" / "install.json").read_text())
+    record["launcher"] = str(tmp_path / "installs" / "v1-a" / "launch")
+    (tmp_path / "installs" / "v1-a" / "install.json").write_text(json.dumps(record))
+    Home(tmp_path).write_record("v1-a", None)
+
+    argv, env = dev_instance(port=18188, data_dir=tmp_path / "data")
+    assert argv == [record["launcher"], "0", "--cpu"]
+    assert env == {"CUI_PORT_BASE": "18188", "CUI_DATA_DIR": str(tmp_path / "data")}

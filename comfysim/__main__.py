@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--seed", type=int, help="seed for fault and render-time draws")
     faults.add_argument("--history-delay", type=float, help="seconds added to every /history response")
     faults.add_argument("--latency", type=float, help="seconds added to every HTTP response")
+    faults.add_argument("--startup-delay", type=float, help="seconds before it answers, at start and restart")
+    faults.add_argument("--idle-gc-pause", help='end-of-prompt pause after idling, e.g. "uniform:0.6,1.8"')
+    faults.add_argument("--idle-gc-after", type=float, help="seconds without a prompt that count as idle (10)")
     faults.add_argument("--crash-after", type=int, help="the Nth prompt to start kills the process mid-render")
     faults.add_argument("--vram-total-mb", type=int)
     faults.add_argument("--vram-free-mb", type=int)
@@ -73,6 +76,9 @@ FAULT_FLAGS = (
     "history_delay",
     "latency",
     "crash_after",
+    "startup_delay",
+    "idle_gc_pause",
+    "idle_gc_after",
     "vram_total_mb",
     "vram_free_mb",
     "vram_busy_mb",

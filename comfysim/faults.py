@@ -72,29 +72,29 @@ class Distribution:
         return math.exp(a + b * b / 2)
 
 
-def parse_distribution(text: str) -> Distribution:
+def parse_distribution(text: str, name: str = "render_time") -> Distribution:
     """Parse "0.05", "uniform:0.2,1.0", "normal:2.0,0.3" or "lognormal:mu,sigma"."""
     text = text.strip()
     if ":" not in text:
-        seconds = _finite_float("render_time", text)
+        seconds = _finite_float(name, text)
         if seconds < 0:
-            raise FaultConfigError(f"render_time: {text!r} is negative")
+            raise FaultConfigError(f"{name}: {text!r} is negative")
         return Distribution("fixed", (seconds,))
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
     if kind not in DISTRIBUTIONS:
         raise FaultConfigError(
-            f"render_time: unknown distribution {kind!r}; use a number of seconds or one of "
+            f"{name}: unknown distribution {kind!r}; use a number of seconds or one of "
             + ", ".join(f"{d}:a,b" for d in DISTRIBUTIONS)
         )
     parts = [p for p in rest.split(",")]
     if len(parts) != 2:
-        raise FaultConfigError(f"render_time: {kind} takes two numbers, got {rest!r}")
-    a, b = (_finite_float("render_time", p) for p in parts)
+        raise FaultConfigError(f"{name}: {kind} takes two numbers, got {rest!r}")
+    a, b = (_finite_float(name, p) for p in parts)
     if kind == "uniform" and not 0 <= a <= b:
-        raise FaultConfigError(f"render_time: uniform:{a},{b} needs 0 <= low <= high")
+        raise FaultConfigError(f"{name}: uniform:{a},{b} needs 0 <= low <= high")
     if kind in ("normal", "lognormal") and b < 0:
-        raise FaultConfigError(f"render_time: {kind} sigma must not be negative")
+        raise FaultConfigError(f"{name}: {kind} sigma must not be negative")
     return Distribution(kind, (a, b))
 
 
@@ -175,6 +175,12 @@ class FaultConfig:
     gpu_name: str = "NVIDIA GeForce RTX 5060 Ti"
     device_type: str = "cuda"
     oom_exception_type: str = "torch.OutOfMemoryError"
+    # What the real ComfyUI 0.3.64 did on CPU: 14-38 s from a restart to answering again, and on
+    # the first prompt after 10 s idle its gc.collect() holds the GIL, so its end (history and the
+    # last messages) comes 0.6-1.8 s late: startup_delay 20, idle_gc_pause "uniform:0.6,1.8".
+    startup_delay: float = 0.0
+    idle_gc_pause: str = "0"
+    idle_gc_after: float = 10.0
     validation: FaultSpec = FaultSpec()
     oom: FaultSpec = FaultSpec()
     error: FaultSpec = FaultSpec()
@@ -211,13 +217,13 @@ class FaultConfig:
         for key, value in updates.items():
             if key in PROMPT_FAULTS:
                 changes[key] = _fault_spec(key, value, self.spec(key))
-            elif key == "render_time":
+            elif key in ("render_time", "idle_gc_pause"):
                 text = value if isinstance(value, str) else str(_non_negative_float(key, value))
-                parse_distribution(text)
+                parse_distribution(text, key)
                 changes[key] = text.strip()
             elif key == "seed":
                 changes[key] = None if value is None else _int(key, value, 0)
-            elif key in ("history_delay", "latency", "prompt_answer_delay"):
+            elif key in ("history_delay", "latency", "prompt_answer_delay", "startup_delay", "idle_gc_after"):
                 changes[key] = _non_negative_float(key, value)
             elif key == "crash_after":
                 changes[key] = None if value is None else _int(key, value, 1)
@@ -272,6 +278,12 @@ class Faults:
 
     def render_seconds(self) -> float:
         return self.config.render_distribution.sample(self._time_rng)
+
+    def idle_gc_seconds(self, idle: float) -> float:
+        """The pause at the end of a prompt that started after ``idle`` seconds without one."""
+        if idle < self.config.idle_gc_after:
+            return 0.0
+        return parse_distribution(self.config.idle_gc_pause).sample(self._time_rng)
 
 
 def markers_in(prompt: Mapping[str, object]) -> set[str]:

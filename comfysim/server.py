@@ -226,6 +226,7 @@ class Simulator:
         self.interrupt_requested = False
         self.flags: dict[str, Any] = {}
         self.busy = False
+        self.idle_since = time.monotonic()  # when the last prompt ended (or the server started)
         self.executor = PromptExecutor(
             catalog=self.catalog,
             folders=self.folders,
@@ -511,6 +512,7 @@ class Simulator:
             vram_free_mb=config.vram_free_mb,
             newer_api=self.options.newer_api,
         )
+        idle = time.monotonic() - self.idle_since
         self.busy = True
         try:
             outcome = await self.executor.execute(prompt_id, prompt, extra_data, outputs, render)
@@ -519,6 +521,11 @@ class Simulator:
             raise
         finally:
             self.busy = False
+        pause = self.faults.idle_gc_seconds(idle)
+        if pause > 0:
+            # Blocks the whole server, as ComfyUI's gc.collect() holding the GIL does.
+            time.sleep(pause)
+        self.idle_since = time.monotonic()
         status = {
             "status_str": "success" if outcome.kind == "success" else "error",
             "completed": outcome.kind == "success",
@@ -963,6 +970,8 @@ async def serve(options: Options) -> None:
         shutdown_timeout=2.0,
     )
     await runner.setup()
+    # A real ComfyUI takes 14-38 s from start to answering (API.md; issue 14): startup_delay.
+    await asyncio.sleep(options.faults.startup_delay)
     site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
     await site.start()
     port = runner.addresses[0][1]

@@ -202,11 +202,26 @@ BOOKRENDER_HEALTH_TOKEN = env_str("BOOKRENDER_HEALTH_TOKEN", "")
 BOOKRENDER_HEALTH_ALLOWED_HOSTS = env_list("BOOKRENDER_HEALTH_ALLOWED_HOSTS", [])
 # ComfyUI's own folder on this machine: a local instance without main.py there is not_installed.
 BOOKRENDER_COMFYUI_DIR = env_str("BOOKRENDER_COMFYUI_DIR", "")
+# The ComfyUI installer's home (python -m ops.comfyui): installs/, current, and the record
+# (install.json) that tells the health server whether ComfyUI is installed here.
+BOOKRENDER_COMFYUI_HOME = env_str("BOOKRENDER_COMFYUI_HOME", "")
+# make run: "sim" runs the simulator; "installed" runs BOOKRENDER_COMFYUI_HOME's current install on CPU.
+BOOKRENDER_DEV_COMFYUI = env_str("BOOKRENDER_DEV_COMFYUI", "sim")
+if BOOKRENDER_DEV_COMFYUI not in ("sim", "installed"):
+    error("BOOKRENDER_DEV_COMFYUI", BOOKRENDER_DEV_COMFYUI, "expected sim or installed")
 BOOKRENDER_LOG_DIR = env_str("BOOKRENDER_LOG_DIR", str(VAR_DIR / "logs"))
 # Set by .ci/run on machines with PostgreSQL: start-up fails (renders.E005) if another database is used.
 BOOKRENDER_REQUIRE_POSTGRES = env_bool("BOOKRENDER_REQUIRE_POSTGRES", False)
 # Set by .ci/run: the browser tests fail, instead of skipping, when Chromium is missing.
 BOOKRENDER_REQUIRE_BROWSER = env_bool("BOOKRENDER_REQUIRE_BROWSER", False)
+
+# The real-ComfyUI tests: a ComfyUI git source (URL, path or bundle) and ref for the installer,
+# and the cache the install is kept in between runs. Set by .ci/run.
+BOOKRENDER_TEST_COMFYUI_SOURCE = env_str("BOOKRENDER_TEST_COMFYUI_SOURCE", "")
+BOOKRENDER_TEST_COMFYUI_REF = env_str("BOOKRENDER_TEST_COMFYUI_REF", "v0.3.64")
+BOOKRENDER_TEST_COMFYUI_CACHE = env_str("BOOKRENDER_TEST_COMFYUI_CACHE", "~/.cache/bookrender/comfyui")
+# Set by .ci/run: the real-ComfyUI tests fail, instead of skipping, without a source.
+BOOKRENDER_REQUIRE_COMFYUI = env_bool("BOOKRENDER_REQUIRE_COMFYUI", False)
 
 # --- Celery (loaded by config/celery.py with namespace="CELERY") ---------------------------------
 

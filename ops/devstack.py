@@ -212,23 +212,21 @@ def run() -> int:
         if "COMFYUI_URLS" not in os.environ:
             port = 8188 if not port_open("127.0.0.1", 8188, 0.2) else free_port()
             print(f"devstack: starting the ComfyUI simulator on port {port}")
-            simulator = [
-                PYTHON,
-                "-m",
-                "comfysim",
-                "--port",
-                str(port),
-                "--base-directory",
-                str(var / "comfysim"),
-                "--render-time",
-                "uniform:0.5,2.0",
-                # Pages that show their prompt and seed, so the demo's pages differ and a regenerate shows.
-                "--draw-prompt",
-            ]
+            simulator = [PYTHON, "-m", "comfysim", "--port", str(port), "--base-directory", str(var / "comfysim")]
+            # Pages that show their prompt and seed, so the demo's pages differ and a regenerate shows.
+            simulator += ["--render-time", "uniform:0.5,2.0", "--draw-prompt"]
+            start_timeout = 20.0
+            if os.environ.get("BOOKRENDER_DEV_COMFYUI") == "installed":
+                # The ComfyUI that python -m ops.comfyui installed, on CPU, instead of the simulator.
+                from ops.comfyui import dev_instance
+
+                simulator, extra_env = dev_instance(port=port, data_dir=var / "comfyui")
+                env = env | extra_env
+                start_timeout = 300.0
             stack.start("simulator", simulator, env, logs / "simulator.log")
             env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
-            if not wait_http(env["COMFYUI_URLS"] + "/system_stats", 20):
-                raise SystemExit(f"devstack: the ComfyUI simulator did not start; see {logs / 'simulator.log'}")
+            if not wait_http(env["COMFYUI_URLS"] + "/system_stats", start_timeout):
+                raise SystemExit(f"devstack: ComfyUI did not start; see {logs / 'simulator.log'}")
         manage = [PYTHON, str(ROOT / "manage.py")]
         print("devstack: checking the settings, migrating the database, seeding the demo user and book")
         for step in (

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from config.logging import redact
+from ops.comfyui import read_record
 from ops.devstack import port_open
 
 logger = logging.getLogger("bookrender.ops.healthserver")
@@ -248,6 +249,7 @@ def comfyui_service(url: str, index: int) -> Service:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 80
     comfyui_dir = str(getattr(settings, "BOOKRENDER_COMFYUI_DIR", ""))
+    comfyui_home = str(getattr(settings, "BOOKRENDER_COMFYUI_HOME", ""))
 
     def find_process(processes: list[Process]) -> int | None:
         for pid, args in processes:
@@ -263,6 +265,13 @@ def comfyui_service(url: str, index: int) -> Service:
         # port, and a remote one always does (its own machine's health server says more).
         if not is_local(host):
             return True, "remote host, not checked here"
+        if comfyui_home:
+            # The installer's own record (ops/comfyui.py): written only after an install validated.
+            record = read_record(Path(comfyui_home) / "install.json")
+            if record is None:
+                return False, f"no install record in {comfyui_home} (python -m ops.comfyui install)"
+            main = Path(str(record.get("comfyui_dir", ""))) / "main.py"
+            return main.is_file(), f"the install record names {main}, which is missing"
         if comfyui_dir:
             main = Path(comfyui_dir) / "main.py"
             return main.is_file(), f"no main.py in {comfyui_dir} (BOOKRENDER_COMFYUI_DIR)"

@@ -7,8 +7,8 @@
 #   sudo ops/install.sh --no-start     # do it, enable nothing
 #   ops/install.sh --root /tmp/stage   # install the files under another root (no users, no systemctl)
 #
-# It expects the app in /opt/bookrender (with its virtual environment in .venv) and ComfyUI in
-# /opt/ComfyUI, as the units do. Existing env files are never overwritten; units, the logrotate
+# It expects the app in /opt/bookrender (with its virtual environment in .venv) and ComfyUI
+# installed by python -m ops.comfyui under /opt/comfyui (CUI_HOME), as the units do. Existing env files are never overwritten; units, the logrotate
 # config and the polkit rule always are (local changes belong in drop-ins: systemctl edit UNIT).
 # Every action is appended to /var/log/comfyui/env-setup.log.
 set -euo pipefail

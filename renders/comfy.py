@@ -536,6 +536,15 @@ class ComfyClient:
         except (KeyError, TypeError, ValueError):
             raise self._protocol("GET /system_stats answer", data) from None
 
+    def node_classes(self) -> set[str]:
+        """The node class names in ComfyUI's /object_info: every node this server can run."""
+        # /object_info describes ~500 classes and takes seconds on a cold server.
+        response = self._request("GET", "/object_info", timeout=max(self.timeout, 60.0))
+        data = self._json(response, "GET /object_info")
+        if not isinstance(data, dict):
+            raise self._protocol("GET /object_info", data)
+        return set(data)
+
     def view(self, image: OutputImage) -> bytes:
         response = self._request(
             "GET",

@@ -196,3 +196,13 @@ def wait_for(
             text = message() if callable(message) else message
             raise AssertionError(text or f"timed out after {timeout} s waiting for {condition}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def real_comfyui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real ComfyUI on CPU per test module, installed by ops/comfyui.py (tests/realcomfyui.py);
+    skipped without BOOKRENDER_TEST_COMFYUI_SOURCE, failed without it under BOOKRENDER_REQUIRE_COMFYUI."""
+    from tests.realcomfyui import running_comfyui
+
+    with running_comfyui(tmp_path_factory.mktemp("comfyui")) as comfy:
+        yield comfy

@@ -38,6 +38,8 @@ def test_the_control_endpoint_rejects_unknown_keys_and_bad_values(sim):
         ({"crash_after": 0}, "crash_after"),
         ({"vram_free_mb": 999999}, "vram_free_mb"),
         ({"device_type": "tpu"}, "device_type"),
+        ({"idle_gc_pause": "sometimes"}, "idle_gc_pause"),
+        ({"startup_delay": -1}, "startup_delay"),
         ([1, 2], "object"),
     ):
         status, answer = sim.post("/sim/faults", body)
@@ -372,3 +374,22 @@ def test_a_vram_leak_makes_big_renders_run_out_of_memory_until_free(start_sim):
     sim.post("/free", {"unload_models": True})
     assert run(sim, sdxl_graph("a big page", width=1024, height=1024))["status"]["status_str"] == "success"
     assert sim.stats()["faults"] == {}  # a genuine OOM, not an injected one
+
+
+def test_a_startup_delay_keeps_it_silent_at_start_and_after_a_restart_like_a_real_comfyui(start_sim):
+    started = time.monotonic()
+    sim = start_sim("--render-time", "0", "--startup-delay", "2")
+    assert time.monotonic() - started >= 2
+    sim.kill()
+    restarted = time.monotonic()
+    sim.restart()
+    assert time.monotonic() - restarted >= 2
+    assert sim.faults()["startup_delay"] == 2
+
+
+def test_the_first_prompt_after_idling_ends_late_like_comfyuis_garbage_collection(start_sim):
+    sim = start_sim("--render-time", "0", "--idle-gc-pause", "1.5", "--idle-gc-after", "0.5")
+    time.sleep(0.6)  # idle for longer than idle_gc_after
+    submitted = time.monotonic()
+    sim.wait_for_history(sim.submit(image_graph("after-idle"))["prompt_id"], timeout=30)
+    assert time.monotonic() - submitted >= 1.5

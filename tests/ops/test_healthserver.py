@@ -4,6 +4,7 @@ it names; the others on this machine (other people's workers) stay out of the pi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -455,3 +456,21 @@ def test_served_log_lines_never_show_a_secret(settings, tmp_path, serve):
     (tmp_path / "web.log").write_text("connecting to postgres://bookrender:pg-s3cret@db/bookrender\n")
     body = serve([web_service()])("/services/web/logs")[1]
     assert body["lines"] == ["connecting to postgres://***@db/bookrender"]
+
+
+def test_comfyui_is_not_installed_until_the_installer_recorded_an_install(settings, tmp_path, serve):
+    settings.BOOKRENDER_COMFYUI_HOME = str(tmp_path / "home")
+    service = comfyui(f"http://127.0.0.1:{free_port()}")
+    get = serve([service])
+
+    body = get(f"/services/{service.name}/health")[1]
+    assert body["state"] == "not_installed"
+    assert "python -m ops.comfyui install" in body["detail"]
+
+    comfyui_dir = tmp_path / "home" / "installs" / "v1-abc" / "ComfyUI"
+    comfyui_dir.mkdir(parents=True)
+    (tmp_path / "home" / "install.json").write_text(json.dumps({"comfyui_dir": str(comfyui_dir)}))
+    assert "which is missing" in get(f"/services/{service.name}/health")[1]["detail"]
+
+    (comfyui_dir / "main.py").write_text("")
+    assert get(f"/services/{service.name}/health")[1]["state"] == "stopped"

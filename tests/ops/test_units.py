@@ -232,10 +232,18 @@ def test_bookrender_starts_after_its_database_broker_and_comfyui():
 
 
 def test_comfyui_serves_its_gpu_on_its_port():
+    from ops.comfyui import launcher_script
+
     text = (SERVICES / "comfyui@.service").read_text()
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in text
-    assert '--port "$$((8188 + %i))"' in text
+    assert """ExecStart=/bin/sh -c 'exec "$${CUI_HOME}/current/launch" %i $${CUI_ARGS}'""" in text
     assert "EnvironmentFile=/etc/default/comfyui" in text
+    # The installer's launcher that the unit runs: port 8188 + N, GPU N, folders and database of its own.
+    launcher = launcher_script(Path("/i/ComfyUI"), Path("/i/venv/bin/python"), Path("/i"), database_url=True)
+    assert '--port "$((${CUI_PORT_BASE:-8188} + n))" --cuda-device "$n"' in launcher
+    for folder in ("temp", "input", "output", "user"):
+        assert f'--{folder}-directory "$data/{folder}/$n"' in launcher
+    assert '--database-url "sqlite:///$data/user/$n/comfyui.db"' in launcher
 
 
 def test_timers_run_the_monitor_repair_and_logrotate():

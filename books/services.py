@@ -373,3 +373,28 @@ def book_delete(*, book: Book) -> None:
         names += [name for name in PageVersion.objects.filter(page__book=book).values_list("image", flat=True) if name]
         book.delete()
         transaction.on_commit(lambda: book_files_delete(book_id=book_id, names=names))
+
+
+def book_cancel(*, book: Book, by: User, page_numbers: list[int] | None = None) -> list[int]:
+    """Stop the named pages of a book, or every page still pending or rendering; returns the numbers
+    stopped. A rendering page's prompt is cancelled on ComfyUI by the worker that renders it (it
+    finds its attempt superseded), so the GPU stops working for nobody."""
+    from renders.services import pages_cancel
+
+    pages = book.pages.all()
+    if page_numbers:
+        pages = pages.filter(number__in=page_numbers)
+    ids = dict(pages.values_list("pk", "number"))
+    stopped = pages_cancel(page_ids=list(ids), by=f"user:{by.pk}")
+    return sorted(ids[page_id] for page_id in stopped)
+
+
+def page_version_pick(*, book: Book, number: int, attempt: int) -> BookPage:
+    """Show an earlier (or later) version of a page instead of the one shown now."""
+    from renders.services import page_version_choose
+
+    page = book.pages.get(number=number)
+    version = PageVersion.objects.get(page=page, attempt=attempt)
+    page_version_choose(page=page, version=version)
+    page.refresh_from_db()
+    return page

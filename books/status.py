@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from books.errors import error_advice, error_in_plain_words, error_public, error_technical
-from books.models import Book, BookPage
+from books.models import Book, BookPage, PageVersion
 from renders.models import ComfyInstance, RenderAttempt
 from renders.workflows import Workflow, WorkflowError, workflow_get
 
@@ -50,6 +50,7 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
     shown = [page for page in pages if chosen not in FILTERS or page.status in FILTERS[chosen][1]]
     context = _WaitContext(pages, any_instance_up=_any_instance_up() if counts[Status.QUEUED] else True)
     successes = _successful_attempts([page for page in shown if page.image_attempt])
+    versions = _versions([page for page in shown if page.image_attempt])
     tab_state, tab_title = tab_state_and_title(book, counts)
     return {
         "book": book,
@@ -62,6 +63,7 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
                 waits=context,
                 success=successes.get(page.pk),
                 internals=request.user.is_staff,
+                versions=versions.get(page.pk, []),
             )
             for page in shown
         ],
@@ -87,6 +89,15 @@ def tab_state_and_title(book: Book, counts: dict[str, int]) -> tuple[str, str]:
     return "", f"{book.title} · bookrender"
 
 
+def _versions(pages: list[BookPage]) -> dict[int, list[int]]:
+    """The attempts of each page's kept versions, newest first, in one query."""
+    found: dict[int, list[int]] = {}
+    rows = PageVersion.objects.filter(page__in=pages).order_by("-attempt").values_list("page_id", "attempt")
+    for page_id, attempt in rows:
+        found.setdefault(page_id, []).append(attempt)
+    return found
+
+
 def page_counts(pages: list[BookPage]) -> dict[str, int]:
     counts = {status.value: 0 for status in Status}
     for page in pages:
@@ -102,6 +113,7 @@ def page_view(
     waits: _WaitContext,
     success: RenderAttempt | None,
     internals: bool = False,
+    versions: list[int] | None = None,
 ) -> dict[str, Any]:
     """What a card shows of a page. Without ``internals`` (not staff): no ComfyUI URLs or raw
     exception text, only what the error means."""
@@ -129,6 +141,8 @@ def page_view(
             for entry in reversed(page.image_error[:-1])
         ],
         "wait": wait,
+        # Every successful render is kept; with more than one, the card offers the others.
+        "versions": versions if versions and len(versions) > 1 else [],
         "drawn_with": _drawn_with(page, workflow, success) if page.image else None,
         # Changes whenever the card would look different, so the script replaces only those cards.
         "version": "-".join(

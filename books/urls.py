@@ -22,5 +22,16 @@ urlpatterns = [
     path("books/<int:book_id>/duplicate", views.book_duplicate_view, name="duplicate"),
     path("books/<int:book_id>/delete", views.book_delete_view, name="delete"),
     path("books/<int:book_id>/regenerate", views.book_regenerate_view, name="regenerate"),
+    path("books/<int:book_id>/cancel", views.book_cancel_view, name="cancel"),
+    path(
+        "books/<int:book_id>/pages/<int:number>/versions/<int:attempt>",
+        views.page_version_image,
+        name="page_version",
+    ),
+    path(
+        "books/<int:book_id>/pages/<int:number>/versions/<int:attempt>/choose",
+        views.page_version_choose_view,
+        name="page_version_choose",
+    ),
     path("api/books/<int:book_id>", views.api_book, name="api_book"),
 ]

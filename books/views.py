@@ -12,7 +12,15 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -24,13 +32,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from books.errors import error_advice, error_in_plain_words, error_public
 from books.forms import BookForm, PageForm
 from books.images import book_pdf, book_zip, page_thumbnail
-from books.models import Book, BookPage
+from books.models import Book, BookPage, PageVersion
 from books.services import (
     BookInputError,
     PageEditError,
     PageSpec,
     RegenerateError,
     RegenerateResult,
+    book_cancel,
     book_check,
     book_create,
     book_create_throttle,
@@ -41,6 +50,7 @@ from books.services import (
     page_delete,
     page_edit,
     page_move,
+    page_version_pick,
     regenerate_throttle,
 )
 from books.status import page_counts, status_context
@@ -472,3 +482,51 @@ def book_delete_view(request: HttpRequest, book_id: int) -> HttpResponse:
         messages.success(request, f"“{title}” and its images were deleted.")
         return redirect("books:list")
     return render(request, "books/book_delete.html", {"book": book, "pages": book.pages.count()})
+
+
+# --- cancel, and versions -----------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def book_cancel_view(request: HttpRequest, book_id: int) -> HttpResponse:
+    """Stop the book's pending and rendering pages, or the ones named (``page=3``). Owners only."""
+    book = _get_book_for_user(request, book_id)
+    if book.owner_id != request.user.pk:
+        raise PermissionDenied("only the book's owner may stop it")
+    assert isinstance(request.user, User)
+    try:
+        numbers = [int(number) for number in request.POST.getlist("page")]
+    except ValueError:
+        return HttpResponseBadRequest("page must be a page number")
+    stopped = book_cancel(book=book, by=request.user, page_numbers=numbers or None)
+    if stopped:
+        messages.success(request, f"Stopped {len(stopped)} page{pluralize(len(stopped))}: they will not be drawn.")
+    else:
+        messages.info(request, "Nothing to stop: no page was pending or rendering.")
+    return redirect("books:status", book_id=book.pk)
+
+
+@login_required
+@require_GET
+def page_version_image(request: HttpRequest, book_id: int, number: int, attempt: int) -> FileResponse:
+    book = _get_book_for_user(request, book_id)
+    version = get_object_or_404(PageVersion, page__book=book, page__number=number, attempt=attempt)
+    response = FileResponse(version.image.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=86400"  # a version never changes
+    return response
+
+
+@login_required
+@require_POST
+def page_version_choose_view(request: HttpRequest, book_id: int, number: int, attempt: int) -> HttpResponse:
+    """Show this version of the page (every successful render is kept)."""
+    book = _get_book_for_user(request, book_id)
+    if book.owner_id != request.user.pk:
+        raise PermissionDenied("only the book's owner may choose its images")
+    try:
+        page_version_pick(book=book, number=number, attempt=attempt)
+    except (BookPage.DoesNotExist, PageVersion.DoesNotExist):
+        raise Http404(f"page {number} has no version from attempt {attempt}") from None
+    messages.success(request, f"Page {number} now shows its image from attempt {attempt}.")
+    return redirect(reverse("books:status", args=[book.pk]) + f"#page-{number}")

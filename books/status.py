@@ -17,6 +17,7 @@ from django.utils.dateparse import parse_datetime
 
 from books.errors import error_advice, error_in_plain_words, error_public, error_technical
 from books.models import Book, BookPage, PageVersion
+from renders.estimates import book_estimate
 from renders.models import ComfyInstance, RenderAttempt
 from renders.workflows import Workflow, WorkflowError, workflow_get
 
@@ -69,6 +70,8 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         ],
         "counts": counts,
         "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
+        # Its place in the queue and when it should be done, from measured render times.
+        "estimate": book_estimate(book_id=book.pk) if counts[Status.QUEUED] + counts[Status.RENDERING] else None,
         "workflow_title": workflow.title if workflow else book.workflow,
         "actions": actions,
         "filter": chosen if chosen in FILTERS else "",

@@ -85,3 +85,10 @@ def test_an_owner_stops_a_page_and_then_the_whole_book(alice_client, bob_client,
 def test_the_stop_button_shows_while_pages_are_pending(alice_client, book):
     html = alice_client.get(f"/books/{book.pk}/").content.decode()
     assert "Stop rendering" in html and "Stop page" in html
+
+
+def test_a_rendering_page_shows_its_progress_and_the_book_its_estimate(alice_client, book):
+    page_set(book, 1, Status.RENDERING, progress={"value": 9, "max": 20, "node": "3"})
+    html = alice_client.get(f"/books/{book.pk}/").content.decode()
+    assert '<span class="page-progress">45%</span>' in html
+    assert 'id="book-estimate"' in html and "no estimate yet" in html  # nothing measured yet

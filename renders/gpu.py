@@ -69,6 +69,14 @@ def _optional(read: Callable[[], T]) -> T | None:
         return None
 
 
+def instance_gpu_index(instance_url: str, recorded: int | None) -> int | None:
+    """The GPU to read NVML for: the instance record's index for a ComfyUI on this host (whatever
+    its port), else the one its port implies (8188 + index); None for another host's."""
+    if urlsplit(instance_url).hostname not in LOCAL_HOSTS:
+        return None
+    return recorded if recorded is not None else local_gpu_index(instance_url)
+
+
 def local_gpu_index(instance_url: str) -> int | None:
     """The GPU index of a ComfyUI on this host (port 8188 + index), or None if it is remote."""
     parts = urlsplit(instance_url)

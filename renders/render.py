@@ -26,7 +26,7 @@ from django.utils import timezone
 from PIL import Image
 
 from renders.comfy import MB, ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
-from renders.gpu import local_gpu_index, nvml_read
+from renders.gpu import instance_gpu_index, nvml_read
 from renders.lease import KEEPER, Claim, ClaimLost, Superseded, db_now
 from renders.models import ComfyInstance, RenderAttempt
 from renders.routing import (
@@ -89,10 +89,15 @@ def comfy_client(instance_url: str) -> ComfyClient:
 _last_instance = ""
 
 
-def _remember_instance(url: str) -> str:
+# Each instance's GPU index, from its record (ComfyInstance.gpu_index), for NVML readings.
+_GPU_INDEX: dict[str, int | None] = {}
+
+
+def _remember_instance(instance: ComfyInstance) -> str:
     global _last_instance
-    _last_instance = url
-    return url
+    _last_instance = instance.url
+    _GPU_INDEX[instance.url] = instance.gpu_index
+    return instance.url
 
 
 def page_render(*, page_id: int, attempt: int) -> str:
@@ -148,7 +153,7 @@ def _render_claimed(claim: Claim) -> str:
     if chosen is None:
         page_defer(claim=claim, seconds=NO_ROOM_DEFER_SEC, note="no healthy ComfyUI instance has a free slot")
         return "deferred"
-    instance = _remember_instance(chosen.url)
+    instance = _remember_instance(chosen)
     client = comfy_client(instance)
     telemetry: dict[str, Any] = {"FallbackNotes": []}
     try:
@@ -378,7 +383,10 @@ def _resume(claim: Claim, record: RenderAttempt) -> str:
     telemetry: dict[str, Any] = {"FallbackNotes": [], **(record.telemetry or {})}
     telemetry["FallbackNotes"] = [*telemetry.get("FallbackNotes", []), "resumed after a lost worker"]
     prompt_id = str(record.prompt_id)
-    if slot_acquire(page=claim.page, attempt=claim.attempt, claim=claim.token, resume_on=record.instance_url) is None:
+    instance = slot_acquire(page=claim.page, attempt=claim.attempt, claim=claim.token, resume_on=record.instance_url)
+    if instance is not None:
+        _GPU_INDEX[instance.url] = instance.gpu_index
+    else:
         error = ComfyError(
             ErrorKind.UNAVAILABLE,
             "the ComfyUI instance that has this page's prompt is down",
@@ -485,7 +493,7 @@ def _vram_free(client: ComfyClient, telemetry: dict[str, Any], *, key: str, max_
         if exc.kind is ErrorKind.UNAVAILABLE and key == "VramBeforeMB":
             raise  # the instance is down: that is a failure to submit, not a VRAM question
         _note(telemetry, "/system_stats unavailable")
-    index = local_gpu_index(client.base_url)
+    index = instance_gpu_index(client.base_url, _GPU_INDEX.get(client.base_url))
     nvml = nvml_read(index) if index is not None else None
     readings = telemetry.setdefault("VramReadings", {})
     readings[key] = {"system_stats": stats_mb, "nvml": nvml.vram_free_mb if nvml else None}

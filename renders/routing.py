@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from books.models import BookPage
 from renders.comfy import ComfyClient, ComfyError
-from renders.gpu import COMFY_BASE_PORT, local_gpu_index, nvml_read
+from renders.gpu import COMFY_BASE_PORT, instance_gpu_index, nvml_read
 from renders.lease import db_in
 from renders.models import ComfyInstance, InstanceSlot
 
@@ -211,7 +211,7 @@ def instance_probe(instance: ComfyInstance) -> bool:
         "gpu_temperature_c": None,
         "gpu_power_w": None,
     }
-    index = local_gpu_index(instance.url)
+    index = instance_gpu_index(instance.url, instance.gpu_index)
     nvml = nvml_read(index) if index is not None else None
     if nvml is not None:
         readings.update(

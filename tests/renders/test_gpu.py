@@ -32,3 +32,11 @@ def test_it_reads_a_real_gpu():
     assert reading.vram_used_mb + reading.vram_free_mb <= reading.vram_total_mb + 1
     assert reading.temperature_c is None or 10 <= reading.temperature_c <= 110
     assert nvml_read(999) is None
+
+
+def test_the_gpu_index_comes_from_the_instance_record_for_a_local_comfyui():
+    from renders.gpu import instance_gpu_index
+
+    assert instance_gpu_index("http://127.0.0.1:8288", 3) == 3  # a port far from 8188 + index
+    assert instance_gpu_index("http://127.0.0.1:8189", None) == 1  # no record: the port says
+    assert instance_gpu_index("http://gpu-box:8188", 0) is None  # another host's GPU: no NVML here

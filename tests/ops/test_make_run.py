@@ -33,6 +33,7 @@ def test_make_run_writes_where_bookrender_var_dir_and_log_dir_say(tmp_path, brok
         "BOOKRENDER_HEALTH_PORT": str(health),
     }
     env.pop("COMFYUI_URLS", None)
+    env.pop("BOOKRENDER_REQUIRE_POSTGRES", None)  # CI sets it; this stack's SQLite file is on purpose
     stack = subprocess.Popen(
         [sys.executable, "-m", "ops.devstack", "run"],
         cwd=ROOT,

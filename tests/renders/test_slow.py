@@ -9,7 +9,6 @@ import json
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -23,17 +22,10 @@ from renders import services
 from renders.lease import db_now
 from renders.models import ComfyInstance, RenderAttempt
 from tests.conftest import wait_for
+from tests.renders.test_crashes import report
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
-ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
-
-
-def report(name: str, **figures: Any) -> None:
-    """Measured figures go to test-artifacts/ (and stdout with -s), for the issue notes."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
-    print(name, figures)
 
 
 def small_book(owner, pages: int, prompt: str = "page {n}"):

@@ -71,7 +71,9 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         "counts": counts,
         "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
         # Its place in the queue and when it should be done, from measured render times.
-        "estimate": book_estimate(book_id=book.pk) if counts[Status.QUEUED] + counts[Status.RENDERING] else None,
+        "estimate": (
+            book_estimate(book_id=book.pk, pages=pages) if counts[Status.QUEUED] + counts[Status.RENDERING] else None
+        ),
         "workflow_title": workflow.title if workflow else book.workflow,
         "actions": actions,
         "filter": chosen if chosen in FILTERS else "",

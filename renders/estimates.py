@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
+from django.db.models import DurationField, ExpressionWrapper, F, Sum
 
 from books.models import BookPage
 from renders.lease import db_now
@@ -40,16 +40,21 @@ def seconds_per_page() -> float | None:
     return sum(durations) / len(durations) if durations else None
 
 
-def book_estimate(*, book_id: int) -> BookEstimate:
-    counts = BookPage.objects.filter(book_id=book_id).aggregate(
-        pending=Count("pk", filter=Q(status=Status.QUEUED)),
-        rendering=Count("pk", filter=Q(status=Status.RENDERING)),
-        first_due=Min("next_attempt_at", filter=Q(status=Status.QUEUED)),
-    )
+def book_estimate(*, book_id: int, pages: list[BookPage] | None = None) -> BookEstimate:
+    """``pages``: the book's pages when the caller has read them already (the status page)."""
+    if pages is None:
+        pages = list(BookPage.objects.filter(book_id=book_id).only("status", "next_attempt_at"))
+    queued = [page for page in pages if page.status == Status.QUEUED]
+    counts = {
+        "pending": len(queued),
+        "rendering": sum(1 for page in pages if page.status == Status.RENDERING),
+    }
+    first_due = min((page.next_attempt_at for page in queued if page.next_attempt_at), default=None)
     ahead = 0
-    if counts["first_due"] is not None:
+    if first_due is not None:
+        # Other books' pages due earlier: one count, which reads no page of this book.
         ahead = (
-            BookPage.objects.filter(status=Status.QUEUED, next_attempt_at__lt=counts["first_due"])
+            BookPage.objects.filter(status=Status.QUEUED, next_attempt_at__lt=first_due)
             .exclude(book_id=book_id)
             .count()
         )

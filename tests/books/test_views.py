@@ -795,7 +795,12 @@ def test_the_summary_and_the_cards_come_from_one_read_of_the_pages(alice_client,
     page_set(book, 1, Status.DONE)
     with CaptureQueriesContext(connection) as queries:
         response = alice_client.get(f"/books/{book.pk}/pages")
-    page_reads = [q["sql"] for q in queries.captured_queries if 'FROM "books_bookpage"' in q["sql"]]
+    # Reads of this book's pages (the estimate's count of other books' pages ahead is not one).
+    page_reads = [
+        q["sql"]
+        for q in queries.captured_queries
+        if 'FROM "books_bookpage"' in q["sql"] and 'NOT ("books_bookpage"."book_id"' not in q["sql"]
+    ]
     assert len(page_reads) == 1, page_reads
     assert response.context["counts"] == {
         "queued": 2,

@@ -34,17 +34,19 @@ def test_make_run_writes_where_bookrender_var_dir_and_log_dir_say(tmp_path, brok
     }
     env.pop("COMFYUI_URLS", None)
     env.pop("BOOKRENDER_REQUIRE_POSTGRES", None)  # CI sets it; this stack's SQLite file is on purpose
+    env["PYTHONUNBUFFERED"] = "1"  # every line as it is printed, so a slow start shows where it is
     stack = subprocess.Popen(
         [sys.executable, "-m", "ops.devstack", "run"],
         cwd=ROOT,
         env=env,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     try:
-        output = _read_until(stack, "bookrender is running", timeout=180)
+        output = _read_until(stack, "bookrender is running", timeout=300)
         assert str(logs) in output
         for name in ("web.log", "worker.log", "beat.log", "simulator.log"):
             assert (logs / name).is_file(), name

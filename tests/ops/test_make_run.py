@@ -46,7 +46,7 @@ def test_make_run_writes_where_bookrender_var_dir_and_log_dir_say(tmp_path, brok
         start_new_session=True,
     )
     try:
-        output = _read_until(stack, "bookrender is running", timeout=300)
+        output = _read_until(stack, "Ctrl-C stops everything", timeout=300)
         assert str(logs) in output
         for name in ("web.log", "worker.log", "beat.log", "simulator.log"):
             assert (logs / name).is_file(), name
@@ -66,18 +66,20 @@ def test_make_run_writes_where_bookrender_var_dir_and_log_dir_say(tmp_path, brok
 
 
 def _read_until(process: subprocess.Popen[str], text: str, *, timeout: float) -> str:
-    """The stack's output up to the line with `text`, and the one after it."""
+    """The stack's output up to and including `text` (read from the pipe itself: a buffered
+    readline would hide lines already read from the pipe from select, and wait forever)."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     seen = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        ready, _, _ = select.select([fd], [], [], 1.0)
         if not ready:
             continue
-        line = process.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             raise AssertionError(f"make run ended before saying {text!r}:\n{seen}")
-        seen += line
-        if text in line:
-            return seen + process.stdout.readline()
+        seen += chunk.decode(errors="replace")
+        if text in seen:
+            return seen
     raise AssertionError(f"make run did not say {text!r} within {timeout} s:\n{seen}")

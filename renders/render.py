@@ -15,7 +15,7 @@ import io
 import logging
 import random
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -39,6 +39,7 @@ from renders.routing import (
 )
 from renders.services import (
     claim_renew,
+    from_ms,
     page_attempt_record,
     page_claim,
     page_defer,
@@ -532,4 +533,5 @@ def _is_image(data: bytes) -> bool:
 
 
 def _iso_ms(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat() if ms else None
+    value = from_ms(ms)
+    return value.isoformat() if value else None

@@ -357,8 +357,8 @@ def page_finish(
         _close_attempt(
             record,
             RenderAttempt.Outcome.SUCCESS,
-            comfy_finished_at=_from_ms(result.entry.finished_at_ms),
-            started_at=_from_ms(result.entry.started_at_ms),
+            comfy_finished_at=from_ms(result.entry.finished_at_ms),
+            started_at=from_ms(result.entry.started_at_ms),
             telemetry={**telemetry, "DetectionToDoneMs": round((time.time() - result.detected_at) * 1000, 1)},
         )
         page.status, page.image, page.image_attempt = Status.DONE, stored, claim.attempt  # type: ignore[assignment]
@@ -568,7 +568,7 @@ def prompt_id_for(page: BookPage, attempt: int) -> str:
     return str(uuid.uuid5(page.uid, f"attempt-{attempt}"))
 
 
-def _from_ms(ms: int | None) -> datetime | None:
+def from_ms(ms: int | None) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
 
 

@@ -104,7 +104,7 @@ class BookRun:
 
 class Load:
     """``books`` threads, each a person who creates a book, follows it through the API until it
-    settles, and creates the next, until ``stop_at``."""
+    settles, and creates the next, until ``stop_at`` (each creates at least one)."""
 
     def __init__(self, *, base_url: str, books: int, pages: list[dict[str, Any]], stop_at: float, give_up_at: float):
         self.base_url, self.slots, self.page_specs = base_url, books, pages
@@ -125,13 +125,19 @@ class Load:
         with self._lock:
             return sum(1 for run in self.runs if run.settled_at is None)
 
+    def runs_of(self, slot: int) -> list[BookRun]:
+        with self._lock:
+            return [run for run in self.runs if run.slot == slot]
+
     def _slot(self, slot: int) -> None:
         from ops.loadtest.web import WebClient, WebError
 
         client = WebClient(self.base_url)
         try:
             client.sign_in(USERNAME, PASSWORD)
-            while time.time() < self.stop_at:
+            # Every slot creates its first book, however long signing in took on a loaded machine;
+            # further books only while the load window lasts.
+            while not self.runs_of(slot) or time.time() < self.stop_at:
                 requested = time.time()
                 book_id = client.create_book(title=f"load {slot}-{len(self.runs)}", pages=self.page_specs)
                 run = BookRun(slot, book_id, requested, time.time(), pages=len(self.page_specs))

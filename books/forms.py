@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 
+from books.inputs import InputImageError, input_image_check, input_image_read, input_image_store
 from books.models import BookPage
 from books.services import MAX_PAGES, MAX_PROMPT_CHARS, BookInputError, PageSpec, pages_from_json, pages_from_text
 from renders.workflows import MAX_SIZE, MIN_SIZE, workflow_choices
@@ -153,6 +154,34 @@ class PageForm(forms.Form):
     )
     width = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
     height = forms.IntegerField(required=False, min_value=MIN_SIZE, max_value=MAX_SIZE, help_text=_SIZE_HELP)
+
+    input_image = forms.FileField(
+        label="Input image",
+        required=False,
+        widget=forms.FileInput(attrs={"accept": "image/png,image/jpeg,image/webp"}),
+        help_text="For workflows that start from a picture (a sketch to colour in): PNG, JPEG or WebP.",
+    )
+    remove_input_image = forms.BooleanField(label="Remove the input image", required=False)
+
+    def clean_input_image(self) -> bytes | None:
+        """The upload's bytes, checked by decoding them (books.inputs); None when none was chosen."""
+        upload = self.cleaned_data.get("input_image")
+        if not upload:
+            return None
+        try:
+            data = input_image_read(upload, size=upload.size)
+            input_image_check(data)
+        except InputImageError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+    def input_image_name(self) -> str | None:
+        """Store a chosen input image: its storage name; "" to remove the page's; None to keep it.
+        Raises StorageUnavailable (books.storage) when the storage does not answer."""
+        data = self.cleaned_data.get("input_image")
+        if data:
+            return input_image_store(data)
+        return "" if self.cleaned_data.get("remove_input_image") else None
 
     @classmethod
     def for_page(cls, page: BookPage) -> PageForm:

@@ -43,7 +43,9 @@ def local_files() -> list[Path]:
 
 def finish_page(page: BookPage, data: bytes, attempt: int = 1) -> BookPage:
     """Store a render for the page as page_finish does, and mark it Done."""
-    name = default_storage.save(f"pages/book-{page.book_id}/page-{page.number:04d}-attempt-{attempt}.png", ContentFile(data))
+    name = default_storage.save(
+        f"pages/book-{page.book_id}/page-{page.number:04d}-attempt-{attempt}.png", ContentFile(data)
+    )
     BookPage.objects.filter(pk=page.pk).update(status=Status.DONE, image=name, image_attempt=attempt)
     page.versions.create(attempt=attempt, image=name)
     return BookPage.objects.get(pk=page.pk)
@@ -57,7 +59,11 @@ def test_a_page_image_is_a_presigned_redirect_for_its_owner_only(s3: S3Server, a
     response = client_for(alice).get(f"/books/{book.pk}/pages/1/image?v=1")
     assert response.status_code == 302
     url = response["Location"]
-    assert url.startswith(s3.endpoint + f"/{s3.bucket}/pages/") and "X-Amz-Signature=" in url and "X-Amz-Expires=300" in url
+    assert (
+        url.startswith(s3.endpoint + f"/{s3.bucket}/pages/")
+        and "X-Amz-Signature=" in url
+        and "X-Amz-Expires=300" in url
+    )
     fetched = requests.get(url, timeout=10)
     assert fetched.status_code == 200 and fetched.headers["Content-Type"] == "image/png"
     assert fetched.content == s3.read(str(page.image.name))
@@ -130,7 +136,11 @@ def test_a_store_that_is_down_gives_a_clear_page_not_a_500(s3: S3Server, alice: 
     client = client_for(alice)
     dead = f"http://127.0.0.1:{free_port()}"
     with override_settings(STORAGES=storages_for(s3, endpoint=dead)):
-        for url in (f"/books/{book.pk}/pages/1/thumb?v=1", f"/books/{book.pk}/download.zip", f"/books/{book.pk}/download.pdf"):
+        for url in (
+            f"/books/{book.pk}/pages/1/thumb?v=1",
+            f"/books/{book.pk}/download.zip",
+            f"/books/{book.pk}/download.pdf",
+        ):
             response = client.get(url)
             assert response.status_code == 503, url
             assert b"can't be reached just now" in response.content

@@ -40,7 +40,7 @@ class StorageUnavailable(Exception):
     """The file storage could not be read or written; worth trying again later."""
 
 
-class ObjectStorage(S3Storage):
+class ObjectStorage(S3Storage):  # type: ignore[misc]  # django-storages has no type hints
     """django-storages' S3 backend, writing with a conditional create (If-None-Match: *)."""
 
     def _save(self, name: str, content: File[Any]) -> str:
@@ -62,7 +62,7 @@ class ObjectStorage(S3Storage):
             # claim, so what is there is this very file (a retried write, two thumbnailers racing).
             if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
                 raise
-        return cleaned
+        return str(cleaned)
 
 
 def is_object_storage() -> bool:
@@ -93,7 +93,8 @@ def file_response(name: str, *, download_name: str | None = None) -> HttpRespons
             parameters = {"ResponseContentType": mime}
             if download_name:
                 parameters["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
-            return HttpResponseRedirect(default_storage.url(name, parameters=parameters))
+            # S3Storage.url takes the response headers to sign into the URL.
+            return HttpResponseRedirect(default_storage.url(name, parameters=parameters))  # type: ignore[call-arg]
         return FileResponse(
             default_storage.open(name, "rb"),
             content_type=mime,

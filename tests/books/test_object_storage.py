@@ -24,8 +24,7 @@ from books.models import BookPage
 from books.services import PageSpec, book_create, book_delete
 from ops.devstack import free_port
 from tests.books.conftest import client_for
-from tests.conftest import wait_for
-from tests.s3server import S3Server, s3, s3_endpoint, storages_for  # noqa: F401 -- fixtures
+from tests.s3server import S3Server, storages_for
 
 Status = BookPage.Status
 

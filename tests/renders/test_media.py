@@ -20,7 +20,7 @@ from books.services import PageSpec, book_create
 from ops.devstack import free_port
 from renders.models import RenderAttempt
 from tests.conftest import wait_for
-from tests.s3server import S3Server, s3, s3_endpoint  # noqa: F401 -- fixtures
+from tests.s3server import S3Server
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)

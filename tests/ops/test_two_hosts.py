@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from django.core.files.storage import default_storage
+from django.test import Client
 from PIL import Image
 
 from books.inputs import input_image_store
@@ -55,15 +56,13 @@ def png(colour: str) -> bytes:
     return out.getvalue()
 
 
-def sign_in(base_url: str) -> requests.Session:
+def signed_in(user: Any, base_url: str) -> requests.Session:
+    """A browser session of ``user`` on the web host (a session row in the shared database)."""
+    client = Client()
+    client.force_login(user)
     session = requests.Session()
-    session.get(base_url + "/accounts/login/", timeout=10).raise_for_status()
-    answer = session.post(
-        base_url + "/accounts/login/",
-        data={"username": "alice", "password": "alice-password", "csrfmiddlewaretoken": session.cookies["csrftoken"]},
-        timeout=10,
-    )
-    assert answer.url.rstrip("/").endswith("/books"), answer.text[:500]
+    session.cookies.set("sessionid", client.cookies["sessionid"].value)
+    session.get(base_url + "/books/", timeout=10).raise_for_status()  # sets the CSRF cookie
     return session
 
 
@@ -95,7 +94,9 @@ def test_a_web_host_and_two_gpu_hosts_share_only_the_database_redis_and_the_buck
             web = livestack.Process(
                 "web",
                 topology.argv("web", bind=f"127.0.0.1:{port}", log_level="INFO"),
-                host_env(web_root, s3, COMFYUI_URLS=fleet, GUNICORN_CMD_ARGS="--workers 1 --threads 4 --worker-class gthread"),
+                host_env(
+                    web_root, s3, COMFYUI_URLS=fleet, GUNICORN_CMD_ARGS="--workers 1 --threads 4 --worker-class gthread"
+                ),
                 web_root / "var" / "logs" / "web.log",
             )
             processes.append(web)
@@ -119,7 +120,7 @@ def test_a_web_host_and_two_gpu_hosts_share_only_the_database_redis_and_the_buck
                 message=lambda: str(list(book.pages.values_list("number", "status", "image_error"))),
             )
 
-            session = sign_in(base_url)
+            session = signed_in(alice, base_url)
             status_page = session.get(f"{base_url}/books/{book.pk}/", timeout=10)
             assert status_page.status_code == 200 and "Input image of page 4" in status_page.text
             # A page image: the web app checks the owner, then sends the browser to the bucket.

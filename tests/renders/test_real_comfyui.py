@@ -236,7 +236,9 @@ def test_an_input_image_and_an_animated_output_really_run(alice, real_comfyui, s
         workflow="model-free-input",
         pages=[PageSpec("colour me", input_image=input_image_store(sketch.getvalue()))],
     ).pages.get()
-    moving = book_create(owner=alice, title="Moving", workflow="model-free-animated", pages=[PageSpec("blink")]).pages.get()
+    moving = book_create(
+        owner=alice, title="Moving", workflow="model-free-animated", pages=[PageSpec("blink")]
+    ).pages.get()
 
     for page in (coloured, moving):
         wait_for(

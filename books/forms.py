@@ -8,6 +8,8 @@ hidden field and is used again unless the person types pages or chooses another 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from typing import Any
 
 from django import forms
@@ -19,6 +21,26 @@ from renders.workflows import MAX_SIZE, MIN_SIZE, workflow_choices
 
 # 500 pages of 4,000 characters is 2 MB of prompts; twice that leaves room for JSON around them.
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+
+
+class MultipleImageInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    """Any number of files (a list; empty when none was chosen)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleImageInput(attrs={"accept": "image/png,image/jpeg,image/webp"}))
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        files = data if isinstance(data, list | tuple) else [data]
+        return [super(MultipleImageField, self).clean(item, initial) for item in files if item]
+
+
+# A kept input image's storage name (books.inputs names them by content).
+_KEPT_INPUT_RE = re.compile(r"^inputs/[0-9a-f]{64}\.(png|jpg|webp)$")
 
 
 class BookForm(forms.Form):
@@ -39,6 +61,16 @@ class BookForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
         help_text='A list of prompts, or of objects {"prompt", "negative_prompt", "width", "height", "seed"}.',
     )
+    input_images = MultipleImageField(
+        label="Input images",
+        required=False,
+        help_text=(
+            "For workflows that start from a picture: PNG, JPEG or WebP, in page order (the first "
+            "goes to page 1, the second to page 2, …)."
+        ),
+    )
+    # The input images stored on an earlier try (the preview), by storage name, comma-separated.
+    kept_inputs = forms.CharField(required=False, widget=forms.HiddenInput)
     # The text of the file chosen on an earlier try, and its name (see the module docstring).
     kept_upload = forms.CharField(required=False, widget=forms.HiddenInput)
     kept_upload_name = forms.CharField(required=False, max_length=255, widget=forms.HiddenInput)
@@ -51,6 +83,8 @@ class BookForm(forms.Form):
         # The file's name and text, to send back with the form (empty when no file is in play).
         self.kept_name = ""
         self.kept_text = ""
+        # The input images' storage names, sent back with the form on the preview.
+        self.kept_input_names: list[str] = []
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -68,7 +102,40 @@ class BookForm(forms.Form):
             self.pages = self._pages_from_json_text(kept.encode())
         elif "text" not in self.errors:
             self.add_error("text", "A book needs at least one page.")
+        images = len(cleaned.get("input_images") or []) or len(cleaned.get("kept_inputs") or [])
+        if self.pages and images > len(self.pages):
+            self.add_error(
+                "input_images", f"{images} input images for {len(self.pages)} pages: one image a page at most."
+            )
         return cleaned
+
+    def clean_input_images(self) -> list[bytes]:
+        images = []
+        for number, upload in enumerate(self.cleaned_data.get("input_images") or [], start=1):
+            try:
+                data = input_image_read(upload, size=upload.size)
+                input_image_check(data)
+            except InputImageError as exc:
+                raise forms.ValidationError(f"Image {number} ({upload.name}): {exc}") from None
+            images.append(data)
+        return images
+
+    def clean_kept_inputs(self) -> list[str]:
+        names = [name for name in (self.cleaned_data.get("kept_inputs") or "").split(",") if name]
+        if not all(_KEPT_INPUT_RE.match(name) for name in names):
+            raise forms.ValidationError("The input images of the last try were lost: choose them again.")
+        return names
+
+    def pages_with_inputs(self) -> list[PageSpec]:
+        """The pages, the input images (new ones stored now, else those kept from the preview) given
+        to them in order. Raises StorageUnavailable (books.storage) when the storage does not answer."""
+        images = self.cleaned_data.get("input_images") or []
+        names = [input_image_store(data) for data in images] if images else self.cleaned_data.get("kept_inputs") or []
+        self.kept_input_names = names
+        return [
+            replace(spec, input_image=names[index]) if index < len(names) else spec
+            for index, spec in enumerate(self.pages)
+        ]
 
     def _pages_from_upload(self, upload: Any) -> list[PageSpec]:
         if upload.size > MAX_UPLOAD_BYTES:

@@ -124,8 +124,12 @@ def book_new(request: HttpRequest) -> HttpResponse:
     preview: list[PageSpec] = []
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
-        fields = {"title": form.cleaned_data["title"], "workflow": form.cleaned_data["workflow"], "pages": form.pages}
         try:
+            fields = {
+                "title": form.cleaned_data["title"],
+                "workflow": form.cleaned_data["workflow"],
+                "pages": form.pages_with_inputs(),
+            }
             # The page count shown is the one created: text changed after the preview is shown again.
             if "confirm" not in request.POST or request.POST.get("expected_pages") != str(len(form.pages)):
                 book_check(**fields)
@@ -138,6 +142,8 @@ def book_new(request: HttpRequest) -> HttpResponse:
                 count = book.pages.count()
                 messages.success(request, f"“{book.title}” was created: {count} page{pluralize(count)} queued.")
                 return redirect("books:status", book_id=book.pk)
+        except StorageUnavailable:
+            form.add_error("input_images", STORAGE_DOWN)
         except BookInputError as exc:
             form.add_input_errors(exc)
     return render(request, "books/book_new.html", {"form": form, "preview": preview})

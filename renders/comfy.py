@@ -229,6 +229,8 @@ class ComfyClient:
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
+        files: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
     ) -> requests.Response:
         url = self.base_url + path
         try:
@@ -242,6 +244,8 @@ class ComfyClient:
                 timeout=timeout or self.timeout,
                 allow_redirects=False,
                 stream=stream,
+                files=files,
+                data=data,
             )
         except requests.Timeout as exc:
             # The request may have arrived: the caller decides whether to look before repeating it.
@@ -556,20 +560,14 @@ class ComfyClient:
     def upload_image(self, data: bytes, *, filename: str, subfolder: str = "") -> str:
         """``POST /upload/image`` into the instance's input folder (overwriting a file of the same
         name); the name LoadImage takes, ``subfolder/name`` (API.md: upload)."""
-        try:
-            response = self._session.post(
-                self.base_url + "/upload/image",
-                files={"image": (filename, data, "application/octet-stream")},
-                data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
-                timeout=max(self.timeout, 60.0),
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise self._error(ErrorKind.UNAVAILABLE, f"POST /upload/image failed: {type(exc).__name__}") from exc
-        if response.status_code >= 500:
-            raise self._error(ErrorKind.UNAVAILABLE, f"POST /upload/image answered {response.status_code}")
-        if response.status_code != 200:
-            raise self._error(ErrorKind.PROTOCOL, f"POST /upload/image answered {response.status_code}")
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, data, "application/octet-stream")},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+            # An upload of up to BOOKRENDER_INPUT_MAX_MB takes longer than a JSON call.
+            timeout=max(self.timeout, 60.0),
+        )
         data_out = self._json(response, "POST /upload/image")
         if not isinstance(data_out, dict) or not isinstance(data_out.get("name"), str):
             raise self._protocol("POST /upload/image", data_out)

@@ -127,3 +127,65 @@ def test_a_new_page_can_carry_an_input_image(book: Book, alice_client: Any) -> N
     assert response.status_code == 302
     page = book.pages.get(number=4)
     assert str(page.input_image.name).endswith(".jpg") and page.status == Status.QUEUED
+
+
+@pytest.mark.django_db
+def test_the_new_book_form_gives_input_images_to_pages_in_order_across_the_preview(alice_client: Any) -> None:
+    first = alice_client.post(
+        "/books/new",
+        {
+            "title": "Sketches",
+            "workflow": "model-free-input",
+            "text": "one\ntwo\nthree",
+            "input_images": [
+                upload(image_bytes(colour="red"), "a.png"),
+                upload(image_bytes("JPEG", colour="blue"), "b.jpg"),
+            ],
+        },
+    )
+    assert first.status_code == 200 and b"This makes 3 pages" in first.content
+    assert b"(with input image 2)" in first.content and b"Using the 2 input images from your last try" in first.content
+    kept = first.context["form"].kept_input_names
+    # The browser sends no files with the confirm: the names kept on the preview stand in for them.
+    second = alice_client.post(
+        "/books/new",
+        {
+            "title": "Sketches",
+            "workflow": "model-free-input",
+            "text": "one\ntwo\nthree",
+            "kept_inputs": ",".join(kept),
+            "expected_pages": "3",
+            "confirm": "1",
+        },
+    )
+    assert second.status_code == 302
+    book = Book.objects.get(title="Sketches")
+    names = [str(page.input_image.name) for page in book.pages.order_by("number")]
+    assert names[0].endswith(".png") and names[1].endswith(".jpg") and names[2] == ""
+    with default_storage.open(names[1], "rb") as stored:
+        assert stored.read() == image_bytes("JPEG", colour="blue")
+
+
+@pytest.mark.django_db
+def test_the_new_book_form_refuses_a_bad_image_and_more_images_than_pages(alice_client: Any) -> None:
+    bad = alice_client.post(
+        "/books/new",
+        {"title": "Bad", "workflow": "model-free-input", "text": "one", "input_images": [upload(b"nope", "x.png")]},
+    )
+    assert bad.status_code == 200 and b"Image 1 (x.png): The file is not an image Pillow can read" in bad.content
+    many = alice_client.post(
+        "/books/new",
+        {
+            "title": "Many",
+            "workflow": "model-free-input",
+            "text": "one",
+            "input_images": [upload(image_bytes(colour="red")), upload(image_bytes(colour="blue"))],
+        },
+    )
+    assert many.status_code == 200 and b"2 input images for 1 pages" in many.content
+    forged = alice_client.post(
+        "/books/new",
+        {"title": "Forged", "workflow": "model-free-input", "text": "one", "kept_inputs": "pages/book-1/secret.png"},
+    )
+    assert forged.status_code == 200 and b"choose them again" in forged.content
+    assert not Book.objects.filter(title__in=["Bad", "Many", "Forged"]).exists()

@@ -186,3 +186,33 @@ def test_a_bucket_that_is_down_holds_the_page_until_its_file_is_stored(
     assert page.retry_count == 0 and page.image_error == []
     assert str(page.image.name) in s3.keys("pages/")
     assert simulator.stats()["submitted"] == 1  # fetched again, not rendered again
+
+
+def test_the_client_uploads_to_the_input_folder_and_an_identical_upload_keeps_its_name(simulator: Any) -> None:
+    from renders.comfy import ComfyClient
+
+    client = ComfyClient(simulator.url, timeout=10, poll_interval=0.5)
+    name = client.upload_image(png("red"), filename="bookrender-abc.png", subfolder="bookrender")
+    assert name == "bookrender/bookrender-abc.png"
+    assert (simulator.input_dir / "bookrender" / "bookrender-abc.png").read_bytes() == png("red")
+    assert client.upload_image(png("red"), filename="bookrender-abc.png", subfolder="bookrender") == name
+
+
+def test_history_outputs_are_read_under_every_media_key(simulator: Any) -> None:
+    """SaveImage and the animated savers list "images"; video and custom nodes "video", "videos" or
+    "gifs". "animated" and "text" beside them are not files."""
+    from renders.comfy import ComfyClient
+
+    client = ComfyClient(simulator.url, timeout=10, poll_interval=0.5)
+    item = {
+        "status": {"status_str": "success", "completed": True, "messages": []},
+        "outputs": {
+            "1": {"images": [{"filename": "a.webp", "subfolder": "x", "type": "output"}], "animated": [True]},
+            "2": {"gifs": [{"filename": "b.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}]},
+            "3": {"video": [{"filename": "c.mp4", "subfolder": "", "type": "output"}]},
+            "4": {"text": ["the prompt"]},
+        },
+    }
+    entry = client._parse_history("p", item)
+    assert [(o.node_id, o.filename) for o in entry.outputs] == [("1", "a.webp"), ("2", "b.mp4"), ("3", "c.mp4")]
+    assert entry.images_of("4") == []

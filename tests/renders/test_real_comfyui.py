@@ -249,7 +249,7 @@ def test_an_input_image_and_an_animated_output_really_run(alice, real_comfyui, s
         assert page.status == Status.DONE, page.image_error
     with default_storage.open(str(coloured.image.name), "rb") as stored, Image.open(stored) as image:
         assert image.size == (512, 512)
-        r, g, b = image.convert("RGB").getpixel((256, 256))
+        r, _, b = image.convert("RGB").getpixel((256, 256))
         assert b > 150 and r < 100
     with default_storage.open(str(moving.image.name), "rb") as stored, Image.open(stored) as image:
         assert image.format == "WEBP" and image.is_animated and image.n_frames == 3

@@ -123,7 +123,9 @@ class BookForm(forms.Form):
     def clean_kept_inputs(self) -> list[str]:
         names = [name for name in (self.cleaned_data.get("kept_inputs") or "").split(",") if name]
         if not all(_KEPT_INPUT_RE.match(name) for name in names):
-            raise forms.ValidationError("The input images of the last try were lost: choose them again.")
+            # A hidden field: its error goes to the top of the form, where people see it.
+            self.add_error(None, "The input images of the last try were lost: choose them again.")
+            return []
         return names
 
     def pages_with_inputs(self) -> list[PageSpec]:

@@ -133,7 +133,7 @@ def book_new(request: HttpRequest) -> HttpResponse:
             # The page count shown is the one created: text changed after the preview is shown again.
             if "confirm" not in request.POST or request.POST.get("expected_pages") != str(len(form.pages)):
                 book_check(**fields)
-                preview = form.pages
+                preview = fields["pages"]
             elif wait := book_create_throttle(user=request.user):
                 form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
                 return render(request, "books/book_new.html", {"form": form}, status=429)

@@ -216,3 +216,38 @@ def test_history_outputs_are_read_under_every_media_key(simulator: Any) -> None:
     entry = client._parse_history("p", item)
     assert [(o.node_id, o.filename) for o in entry.outputs] == [("1", "a.webp"), ("2", "b.mp4"), ("3", "c.mp4")]
     assert entry.images_of("4") == []
+
+
+def test_a_template_declares_what_its_output_node_writes() -> None:
+    from renders.workflows import WorkflowError, workflow_get, workflow_parse
+
+    animated = workflow_get("model-free-animated")
+    assert (animated.output_ext, animated.output_mime) == ("webp", "image/webp")
+    still = workflow_get("model-free")
+    assert (still.output_ext, still.output_mime) == ("png", "image/png")
+
+    graph = {"1": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "{{FILENAME_PREFIX}}"}}}
+    video = workflow_parse(json.dumps({"output_node": "1", "output_ext": "mp4", "prompt": graph}), slug="video")
+    assert video.output_mime == "video/mp4"
+    with pytest.raises(WorkflowError, match="'output_ext' must be one of png, jpg, webp, gif, mp4, webm"):
+        workflow_parse(json.dumps({"output_node": "1", "output_ext": "avi", "prompt": graph}), slug="video")
+    with pytest.raises(WorkflowError, match=r"'output_mime' of a \.mp4 output is video/mp4"):
+        workflow_parse(
+            json.dumps({"output_node": "1", "output_ext": "mp4", "output_mime": "image/png", "prompt": graph}), slug="v"
+        )
+
+
+def test_the_asset_placeholder_survives_the_fill_and_the_worker_replaces_it() -> None:
+    from renders.assets import graph_needs_input, graph_with_input
+    from renders.workflows import workflow_get
+
+    filled = workflow_get("model-free-input").fill(
+        prompt="p", negative_prompt="", seed=1, filename_prefix="bookrender/x"
+    )
+    assert filled["1"]["inputs"]["image"] == "{{INPUT_IMAGE}}" and graph_needs_input(filled)
+    uploaded = graph_with_input(filled, "bookrender/bookrender-abc.png")
+    assert uploaded["1"]["inputs"]["image"] == "bookrender/bookrender-abc.png" and not graph_needs_input(uploaded)
+    assert filled["1"]["inputs"]["image"] == "{{INPUT_IMAGE}}"  # a copy: the template's graph is untouched
+    assert not graph_needs_input(
+        workflow_get("model-free").fill(prompt="p", negative_prompt="", seed=1, filename_prefix="x")
+    )

@@ -26,6 +26,7 @@ _PLAIN = {
     "interrupted": "Drawing this page was stopped on the image server before it finished.",
     "protocol": "The image server sent back something bookrender could not read.",
     "low_vram": "The graphics card never had enough free memory to start this page.",
+    "no_output": "The image server finished, but the workflow's output step produced no file.",
 }
 _UNKNOWN = "Drawing this page failed for a reason bookrender does not recognise."
 
@@ -60,6 +61,10 @@ _ADVICE = {
     "protocol": (
         "Usually temporary: bookrender tries again by itself.",
         "Regenerate the page. If it keeps happening, tell support.",
+    ),
+    "no_output": (
+        "bookrender tries again by itself.",
+        "Regenerate the page. If it fails the same way, tell support: the workflow may be set up wrongly.",
     ),
     "low_vram": (
         "Usually temporary while other pages use the graphics card: bookrender waits and tries again by itself.",

@@ -66,9 +66,10 @@ def book_zip(book: Book) -> IO[bytes]:
 
 
 def book_pdf(book: Book) -> IO[bytes] | None:
-    """A PDF with one page per image, in page order; None when no page has an image yet. Pillow
+    """A PDF with one page per still image, in page order; None when there is none. Pillow
     appends one image at a time, so only one is in memory however long the book is."""
-    pages = _pages_with_images(book)
+    # A video has no page in a PDF; an animation gives its first frame.
+    pages = [page for page in _pages_with_images(book) if page.image_kind != "video"]
     if not pages:
         return None
     out = tempfile.NamedTemporaryFile(suffix=".pdf")  # noqa: SIM115 -- returned open, closed by the response

@@ -72,6 +72,9 @@ class BookPage(models.Model):
     # write a second); cleared when the attempt ends.
     progress = models.JSONField(null=True, blank=True)
 
+    # The page's input image (img2img, a sketch to colour in), if any: a storage name under inputs/,
+    # named by its content (books/inputs.py). The worker uploads it to ComfyUI for {{INPUT_IMAGE}}.
+    input_image = models.FileField(upload_to="inputs/", blank=True, default="", max_length=255)
     # The chosen version's image (by default the newest success); every success is a PageVersion.
     image = models.FileField(upload_to="pages/", blank=True, max_length=255)
     # The attempt whose image is chosen: a stale attempt can never overwrite a newer one.
@@ -108,6 +111,13 @@ class BookPage(models.Model):
     @property
     def latest_error(self) -> dict[str, object] | None:
         return self.image_error[-1] if self.image_error else None
+
+    @property
+    def image_kind(self) -> str:
+        """``image``, ``animated`` or ``video``: how the status page and the gallery show it."""
+        from books.storage import media_kind
+
+        return media_kind(str(self.image.name or ""))
 
 
 class PageVersion(models.Model):

@@ -41,6 +41,8 @@ class PageSpec:
     prompt: str
     negative_prompt: str = ""
     overrides: dict[str, int] = field(default_factory=dict)
+    # A stored input image's name (books.inputs.input_image_store); "" for none.
+    input_image: str = ""
 
 
 def pages_from_json(data: Any) -> list[PageSpec]:
@@ -146,6 +148,7 @@ def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]
                 prompt=spec.prompt.strip(),
                 negative_prompt=spec.negative_prompt.strip(),
                 overrides=spec.overrides,
+                input_image=spec.input_image,
             )
             for number, spec in enumerate(pages, start=1)
         )
@@ -271,21 +274,40 @@ def page_spec_check(*, prompt: str, negative_prompt: str, overrides: dict[str, i
 
 
 def page_edit(
-    *, page: BookPage, by: User, prompt: str, negative_prompt: str, overrides: dict[str, int]
+    *,
+    page: BookPage,
+    by: User,
+    prompt: str,
+    negative_prompt: str,
+    overrides: dict[str, int],
+    input_image: str | None = None,
 ) -> RegenerateResult:
     """Change a Done, failed or cancelled page's prompt, negative prompt, seed and size, then render it again
     through ``book_regenerate``. A pending or rendering page is refused: its attempt already read
     the old settings. ``overrides`` holds only the values the owner set (the workflow's defaults
-    fill the rest)."""
+    fill the rest). ``input_image``: a stored input's name (books.inputs), "" to remove the
+    page's, None to keep it."""
+    from books.inputs import input_images_delete_unused
+
     errors = page_spec_check(prompt=prompt, negative_prompt=negative_prompt, overrides=overrides)
     if errors:
         raise PageEditError(errors)
+    fields: dict[str, Any] = {
+        "prompt": prompt.strip(),
+        "negative_prompt": negative_prompt.strip(),
+        "overrides": overrides,
+    }
+    old_input = str(page.input_image.name or "")
+    if input_image is not None:
+        fields["input_image"] = input_image
     with transaction.atomic():
         changed = BookPage.objects.filter(pk=page.pk, status__in=(Status.DONE, Status.FAILED, Status.CANCELLED)).update(
-            prompt=prompt.strip(), negative_prompt=negative_prompt.strip(), overrides=overrides
+            **fields
         )
         if not changed:
             raise PageEditError({"page": f"page {page.number} is being rendered; edit it once it has finished"})
+        if input_image is not None and old_input != input_image:
+            transaction.on_commit(lambda: input_images_delete_unused([old_input]), robust=True)
         return book_regenerate(book=page.book, by=by, page_numbers=[page.number])
 
 
@@ -306,6 +328,7 @@ def page_add(*, book: Book, by: User, spec: PageSpec) -> BookPage:
             prompt=spec.prompt.strip(),
             negative_prompt=spec.negative_prompt.strip(),
             overrides=spec.overrides,
+            input_image=spec.input_image,
         )
         pages_enqueue(page_ids=[page.pk], by=f"user:{by.pk}", reason="add")
     page.refresh_from_db()
@@ -319,6 +342,7 @@ _RENUMBER_OFFSET = 1_000_000
 def page_delete(*, page: BookPage) -> None:
     """Delete a page that is not rendering, and its image; the pages after it move up one."""
     from books.images import page_files_delete
+    from books.inputs import input_images_delete_unused
 
     with transaction.atomic():
         Book.objects.select_for_update().filter(pk=page.book_id).first()
@@ -332,6 +356,7 @@ def page_delete(*, page: BookPage) -> None:
             number=F("number") - _RENUMBER_OFFSET - 1
         )
         transaction.on_commit(lambda: page_files_delete(page, versions=versions))
+        transaction.on_commit(lambda: input_images_delete_unused([page.input_image.name or ""]), robust=True)
 
 
 def page_move(*, page: BookPage, by: int) -> int:
@@ -355,7 +380,12 @@ def book_duplicate(*, book: Book, by: User) -> Book:
     if len(title) > 200:
         title = book.title[: 200 - len("… (copy)")] + "… (copy)"
     pages = [
-        PageSpec(prompt=page.prompt, negative_prompt=page.negative_prompt, overrides=page.overrides)
+        PageSpec(
+            prompt=page.prompt,
+            negative_prompt=page.negative_prompt,
+            overrides=page.overrides,
+            input_image=page.input_image.name or "",
+        )
         for page in book.pages.order_by("number")
     ]
     return book_create(owner=by, title=title, workflow=book.workflow, pages=pages)
@@ -366,9 +396,12 @@ def book_delete(*, book: Book) -> None:
     The files go after the commit: a rollback keeps them. A worker still rendering one of its
     pages finds the page gone and deletes the image it made (see ``renders.services.page_finish``)."""
     from books.images import book_files_delete
+    from books.inputs import input_images_delete_unused
 
     book_id = book.pk
     with transaction.atomic():
+        inputs = [page.input_image.name for page in book.pages.all() if page.input_image.name]
+        transaction.on_commit(lambda: input_images_delete_unused(inputs), robust=True)
         names = [page.image.name for page in book.pages.all() if page.image.name]
         names += [name for name in PageVersion.objects.filter(page__book=book).values_list("image", flat=True) if name]
         book.delete()

@@ -11,6 +11,7 @@ urlpatterns = [
     path("books/<int:book_id>/", views.book_status, name="status"),
     path("books/<int:book_id>/pages", views.book_cards, name="cards"),
     path("books/<int:book_id>/pages/<int:number>/image", views.page_image, name="page_image"),
+    path("books/<int:book_id>/pages/<int:number>/input", views.page_input, name="page_input"),
     path("books/<int:book_id>/pages/<int:number>/thumb", views.page_thumb, name="page_thumb"),
     path("books/<int:book_id>/pages/<int:number>/edit", views.page_edit_view, name="page_edit"),
     path("books/<int:book_id>/pages/<int:number>/delete", views.page_delete_view, name="page_delete"),

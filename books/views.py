@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.core.files.storage import default_storage
 from django.db.models import Count, Q
 from django.http import (
     FileResponse,
@@ -54,8 +55,10 @@ from books.services import (
     regenerate_throttle,
 )
 from books.status import page_counts, status_context
+from books.storage import STORAGE_ERRORS, StorageUnavailable, file_response, media_kind
 
 Status = BookPage.Status
+STORAGE_DOWN = "The file storage did not answer, so the image was not saved; nothing changed. Try again in a minute."
 ACTIVE = (Status.QUEUED, Status.RENDERING)
 
 
@@ -121,12 +124,16 @@ def book_new(request: HttpRequest) -> HttpResponse:
     preview: list[PageSpec] = []
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
-        fields = {"title": form.cleaned_data["title"], "workflow": form.cleaned_data["workflow"], "pages": form.pages}
         try:
+            fields = {
+                "title": form.cleaned_data["title"],
+                "workflow": form.cleaned_data["workflow"],
+                "pages": form.pages_with_inputs(),
+            }
             # The page count shown is the one created: text changed after the preview is shown again.
             if "confirm" not in request.POST or request.POST.get("expected_pages") != str(len(form.pages)):
                 book_check(**fields)
-                preview = form.pages
+                preview = fields["pages"]
             elif wait := book_create_throttle(user=request.user):
                 form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
                 return render(request, "books/book_new.html", {"form": form}, status=429)
@@ -135,6 +142,8 @@ def book_new(request: HttpRequest) -> HttpResponse:
                 count = book.pages.count()
                 messages.success(request, f"“{book.title}” was created: {count} page{pluralize(count)} queued.")
                 return redirect("books:status", book_id=book.pk)
+        except StorageUnavailable:
+            form.add_error("input_images", STORAGE_DOWN)
         except BookInputError as exc:
             form.add_input_errors(exc)
     return render(request, "books/book_new.html", {"form": form, "preview": preview})
@@ -161,17 +170,44 @@ def book_cards(request: HttpRequest, book_id: int) -> HttpResponse:
     return response
 
 
+def _stored(request: HttpRequest, name: str, *, download_name: str | None = None) -> HttpResponseBase:
+    """A stored file for a browser whose right to it was checked (see books.storage). Linked with
+    ?v=<attempt> or by a name that never changes, so it may be cached; a presigned redirect only
+    as long as its URL lasts."""
+    try:
+        response = file_response(name, download_name=download_name)
+    except StorageUnavailable:
+        return _storage_unavailable(request)
+    if isinstance(response, HttpResponseRedirect):
+        response["Cache-Control"] = f"private, max-age={max(1, settings.BOOKRENDER_S3_URL_EXPIRY_SEC // 2)}"
+    else:
+        response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def _storage_unavailable(request: HttpRequest) -> HttpResponse:
+    return render(request, "books/storage_unavailable.html", status=503)
+
+
 @login_required
 @require_GET
-def page_image(request: HttpRequest, book_id: int, number: int) -> FileResponse:
+def page_image(request: HttpRequest, book_id: int, number: int) -> HttpResponseBase:
     book = _get_book_for_user(request, book_id)
     page = get_object_or_404(BookPage, book=book, number=number)
     if not page.image:
         raise Http404("this page has no image yet")
-    response = FileResponse(page.image.open("rb"), content_type="image/png")
-    # The cards link the image with ?v=<attempt>, so a cached image is never a stale one.
-    response["Cache-Control"] = "private, max-age=86400"
-    return response
+    return _stored(request, str(page.image.name))
+
+
+@login_required
+@require_GET
+def page_input(request: HttpRequest, book_id: int, number: int) -> HttpResponseBase:
+    """A page's input image (the picture the workflow starts from)."""
+    book = _get_book_for_user(request, book_id)
+    page = get_object_or_404(BookPage, book=book, number=number)
+    if not page.input_image:
+        raise Http404("this page has no input image")
+    return _stored(request, str(page.input_image.name))
 
 
 # --- regenerate, and the JSON twin -------------------------------------------------------------------
@@ -323,16 +359,19 @@ def _back(request: HttpRequest, default: str) -> str:
 
 @login_required
 @require_GET
-def page_thumb(request: HttpRequest, book_id: int, number: int) -> FileResponse:
-    """A page's thumbnail (WebP, about 30 KB), made on first request and kept in the storage."""
+def page_thumb(request: HttpRequest, book_id: int, number: int) -> HttpResponseBase:
+    """A page's thumbnail (WebP, about 30 KB; an animation's first frame), made on first request
+    and kept in the storage. A video has none: its card shows the video's own first frame."""
     book = _get_book_for_user(request, book_id)
     page = get_object_or_404(BookPage, book=book, number=number)
-    if not page.image:
+    if not page.image or media_kind(str(page.image.name)) == "video":
         raise Http404("this page has no image yet")
-    response = FileResponse(default_storage.open(page_thumbnail(page), "rb"), content_type="image/webp")
+    try:
+        name = page_thumbnail(page)
+    except STORAGE_ERRORS:
+        return _storage_unavailable(request)
     # Linked with ?v=<attempt>, like the image: a new image gets a new URL.
-    response["Cache-Control"] = "private, max-age=86400"
-    return response
+    return _stored(request, name)
 
 
 @login_required
@@ -362,16 +401,23 @@ def book_gallery(request: HttpRequest, book_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def book_download_zip(request: HttpRequest, book_id: int) -> FileResponse:
+def book_download_zip(request: HttpRequest, book_id: int) -> HttpResponseBase:
     book = _get_book_for_user(request, book_id)
-    return FileResponse(book_zip(book), as_attachment=True, filename=f"{_file_stem(book)}.zip")
+    try:
+        archive = book_zip(book)
+    except STORAGE_ERRORS:
+        return _storage_unavailable(request)
+    return FileResponse(archive, as_attachment=True, filename=f"{_file_stem(book)}.zip")
 
 
 @login_required
 @require_GET
 def book_download_pdf(request: HttpRequest, book_id: int) -> HttpResponseBase:
     book = _get_book_for_user(request, book_id)
-    pdf = book_pdf(book)
+    try:
+        pdf = book_pdf(book)
+    except STORAGE_ERRORS:
+        return _storage_unavailable(request)
     if pdf is None:
         messages.warning(request, "No page has an image yet, so there is nothing to put in a PDF.")
         return redirect("books:status", book_id=book.pk)
@@ -392,7 +438,7 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
     book = _get_own_book(request, book_id)
     page = get_object_or_404(BookPage, book=book, number=number)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST) if request.method == "POST" else PageForm.for_page(page)
+    form = PageForm(request.POST, request.FILES) if request.method == "POST" else PageForm.for_page(page)
     if request.method == "POST" and form.is_valid():
         spec = form.spec
         try:
@@ -402,7 +448,10 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
                 prompt=spec.prompt,
                 negative_prompt=spec.negative_prompt,
                 overrides=spec.overrides,
+                input_image=form.input_image_name(),
             )
+        except StorageUnavailable:
+            form.add_error("input_image", STORAGE_DOWN)
         except PageEditError as exc:
             _add_page_errors(form, exc)
         else:
@@ -416,10 +465,13 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
 def page_add_view(request: HttpRequest, book_id: int) -> HttpResponse:
     book = _get_own_book(request, book_id)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST or None)
+    form = PageForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
-            page = page_add(book=book, by=request.user, spec=form.spec)
+            spec = replace(form.spec, input_image=form.input_image_name() or "")
+            page = page_add(book=book, by=request.user, spec=spec)
+        except StorageUnavailable:
+            form.add_error("input_image", STORAGE_DOWN)
         except PageEditError as exc:
             _add_page_errors(form, exc)
         else:
@@ -509,12 +561,10 @@ def book_cancel_view(request: HttpRequest, book_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def page_version_image(request: HttpRequest, book_id: int, number: int, attempt: int) -> FileResponse:
+def page_version_image(request: HttpRequest, book_id: int, number: int, attempt: int) -> HttpResponseBase:
     book = _get_book_for_user(request, book_id)
     version = get_object_or_404(PageVersion, page__book=book, page__number=number, attempt=attempt)
-    response = FileResponse(version.image.open("rb"), content_type="image/png")
-    response["Cache-Control"] = "private, max-age=86400"  # a version never changes
-    return response
+    return _stored(request, str(version.image.name))  # a version never changes
 
 
 @login_required

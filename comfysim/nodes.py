@@ -536,6 +536,39 @@ def save_image(call: NodeCall) -> NodeResult:
     return _save_images(call, prefix=prefix, directory=call.folders.output, kind="output", compress_level=4)
 
 
+def image_batch(call: NodeCall) -> NodeResult:
+    """ImageBatch: image2 (rescaled to image1's size, as ComfyUI does) after image1."""
+    first: ImageBatch = call.inputs["image1"]
+    second: ImageBatch = call.inputs["image2"]
+    rescaled = [
+        img if img.size == first.size else img.resize(first.size, Image.Resampling.BICUBIC) for img in second.images
+    ]
+    return NodeResult((ImageBatch([*first.images, *rescaled]),))
+
+
+def save_animated_webp(call: NodeCall) -> NodeResult:
+    """SaveAnimatedWEBP (comfy_extras/nodes_images.py): the whole batch as one animated WebP,
+    ``ui = {"images": [file], "animated": [true]}`` (num_frames 0: every frame in one file)."""
+    batch: ImageBatch = call.inputs["images"]
+    width, height = batch.size
+    folder, filename, counter, subfolder = save_path(
+        call.inputs.get("filename_prefix", "ComfyUI"), call.folders.output, width, height
+    )
+    name = f"{filename}_{counter:05}_.webp"
+    frames = [img.convert("RGB") for img in batch.images]
+    frames[0].save(
+        folder / name,
+        save_all=True,
+        duration=int(1000.0 / float(call.inputs.get("fps", 6.0))),
+        append_images=frames[1:],
+        lossless=bool(call.inputs.get("lossless", False)),
+        quality=int(call.inputs.get("quality", 80)),
+        method={"default": 4, "fastest": 0, "slowest": 6}.get(str(call.inputs.get("method", "default")), 4),
+    )
+    entry = {"filename": name, "subfolder": subfolder, "type": "output"}
+    return NodeResult((), ui={"images": [entry], "animated": [len(frames) != 1]})
+
+
 # Inputs that hold a graph's prompt text and its seed, in the core nodes bookrender's workflows use.
 _TEXT_INPUTS = ("text", "value", "string")
 _SEED_INPUTS = ("seed", "noise_seed")
@@ -751,6 +784,8 @@ NODE_FUNCTIONS: dict[str, NodeFunction] = {
     "ImageAddNoise": image_add_noise,
     "ImageFlip": image_flip,
     "SaveImage": save_image,
+    "ImageBatch": image_batch,
+    "SaveAnimatedWEBP": save_animated_webp,
     "PreviewImage": preview_image,
     "SaveImageWebsocket": save_image_websocket,
     "PrimitiveString": primitive,

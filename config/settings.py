@@ -121,12 +121,58 @@ STATIC_URL = "static/"
 # Collected once per install (ops/install.sh, the Dockerfile), beside the code, which every
 # deployment treats as read-only; WhiteNoise serves it.
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
-}
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("BOOKRENDER_MEDIA_ROOT", str(VAR_DIR / "media")))
+
+# Page files (inputs, renders, versions, thumbnails): the local disk, or an S3-compatible object
+# store shared by the web host and the GPU hosts (books/storage.py). Never a public bucket: objects
+# are private and browsers get presigned URLs that expire.
+BOOKRENDER_STORAGE = env_str("BOOKRENDER_STORAGE", "local")
+BOOKRENDER_S3_BUCKET = env_str("BOOKRENDER_S3_BUCKET", "")
+BOOKRENDER_S3_ENDPOINT_URL = env_str("BOOKRENDER_S3_ENDPOINT_URL", "")
+BOOKRENDER_S3_REGION = env_str("BOOKRENDER_S3_REGION", "us-east-1")
+BOOKRENDER_S3_ACCESS_KEY_ID = env_str("BOOKRENDER_S3_ACCESS_KEY_ID", "")
+BOOKRENDER_S3_SECRET_ACCESS_KEY = env_str("BOOKRENDER_S3_SECRET_ACCESS_KEY", "")
+# Presigned URLs are for one page view: short, so a copied link stops working soon.
+BOOKRENDER_S3_URL_EXPIRY_SEC = env_int("BOOKRENDER_S3_URL_EXPIRY_SEC", 300, minimum=1)
+if BOOKRENDER_STORAGE not in ("local", "s3"):
+    error("BOOKRENDER_STORAGE", BOOKRENDER_STORAGE, "expected local or s3")
+if BOOKRENDER_STORAGE == "s3" and not BOOKRENDER_S3_BUCKET:
+    error("BOOKRENDER_S3_BUCKET", "", "is empty, but BOOKRENDER_STORAGE=s3 needs a bucket")
+if BOOKRENDER_STORAGE != "s3" and BOOKRENDER_S3_BUCKET:
+    error("BOOKRENDER_S3_BUCKET", BOOKRENDER_S3_BUCKET, "is set, but BOOKRENDER_STORAGE is not s3: set both or neither")
+if bool(BOOKRENDER_S3_ACCESS_KEY_ID) != bool(BOOKRENDER_S3_SECRET_ACCESS_KEY):
+    error("BOOKRENDER_S3_ACCESS_KEY_ID", "", "and BOOKRENDER_S3_SECRET_ACCESS_KEY go together: set both or neither")
+if BOOKRENDER_S3_ENDPOINT_URL and urlsplit(BOOKRENDER_S3_ENDPOINT_URL).scheme not in ("http", "https"):
+    error("BOOKRENDER_S3_ENDPOINT_URL", BOOKRENDER_S3_ENDPOINT_URL, "expected an http(s) URL")
+_DEFAULT_STORAGE: dict[str, object] = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+if BOOKRENDER_STORAGE == "s3":
+    _DEFAULT_STORAGE = {
+        "BACKEND": "books.storage.ObjectStorage",
+        "OPTIONS": {
+            "bucket_name": BOOKRENDER_S3_BUCKET,
+            "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
+            "region_name": BOOKRENDER_S3_REGION,
+            # Empty: boto3 finds credentials itself (instance role, AWS_* variables, ~/.aws).
+            "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
+            "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": BOOKRENDER_S3_URL_EXPIRY_SEC,
+            "signature_version": "s3v4",
+            # Path-style addressing works with every S3-compatible server (MinIO, moto, Ceph).
+            "addressing_style": "path" if BOOKRENDER_S3_ENDPOINT_URL else None,
+            "file_overwrite": True,  # names never collide; ObjectStorage refuses overwrites itself
+        },
+    }
+STORAGES = {
+    "default": _DEFAULT_STORAGE,
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Input images a page may carry (img2img, a sketch to colour in): checked by decoding them.
+BOOKRENDER_INPUT_MAX_MB = env_int("BOOKRENDER_INPUT_MAX_MB", 10, minimum=1)
+BOOKRENDER_INPUT_MAX_PIXELS = env_int("BOOKRENDER_INPUT_MAX_PIXELS", 16_777_216, minimum=1)
 
 # --- Redis and Celery -----------------------------------------------------------------------------
 

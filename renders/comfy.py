@@ -34,6 +34,12 @@ _NODE_ID_DETAILS = re.compile(r"Node ID '#([^']+)'")
 DEFAULT_MAX_IMAGE_BYTES = 128 * MB
 
 
+# The keys under which a node's history output lists its files: SaveImage and SaveAnimatedWEBP/PNG
+# write "images" (with "animated": [true] beside it), video nodes "images" or "video"/"videos"
+# (newer releases), custom nodes (VideoHelperSuite) "gifs". The worker fetches whichever is there.
+MEDIA_KEYS = ("images", "gifs", "video", "videos")
+
+
 class ErrorKind(StrEnum):
     VALIDATION = "validation"  # ComfyUI refused the graph (400, or node_errors on a 200)
     OOM = "oom"  # out of GPU memory while running
@@ -42,6 +48,7 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # unreachable, 5xx, no answer, or the prompt was lost in a restart
     TIMEOUT = "timeout"  # the render did not finish in time
     PROTOCOL = "protocol"  # ComfyUI answered something we cannot read
+    NO_OUTPUT = "no_output"  # the prompt succeeded but the output node wrote no file
     LOW_VRAM = "low_vram"  # the GPU never had enough free memory to start (COMFY_VRAM_WAIT_MAX_SEC)
 
 
@@ -52,6 +59,7 @@ _RETRYABLE = {
     ErrorKind.UNAVAILABLE: True,
     ErrorKind.TIMEOUT: True,
     ErrorKind.PROTOCOL: True,
+    ErrorKind.NO_OUTPUT: True,
     ErrorKind.VALIDATION: False,
     ErrorKind.LOW_VRAM: False,
 }
@@ -221,6 +229,8 @@ class ComfyClient:
         timeout: float | None = None,
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
+        files: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
     ) -> requests.Response:
         url = self.base_url + path
         try:
@@ -234,6 +244,8 @@ class ComfyClient:
                 timeout=timeout or self.timeout,
                 allow_redirects=False,
                 stream=stream,
+                files=files,
+                data=data,
             )
         except requests.Timeout as exc:
             # The request may have arrived: the caller decides whether to look before repeating it.
@@ -387,9 +399,9 @@ class ComfyClient:
         for node_id, output in raw_outputs.items():
             if output is None:
                 continue  # a node that wrote nothing
-            if not isinstance(output, dict) or not isinstance(output.get("images") or [], list):
+            if not isinstance(output, dict) or not all(isinstance(output.get(key) or [], list) for key in MEDIA_KEYS):
                 raise self._protocol("history output", output)
-            for image in output.get("images") or []:
+            for image in (item for key in MEDIA_KEYS for item in output.get(key) or []):
                 if not isinstance(image, dict) or "filename" not in image:
                     raise self._protocol("history output", output)
                 outputs.append(
@@ -544,6 +556,23 @@ class ComfyClient:
         if not isinstance(data, dict):
             raise self._protocol("GET /object_info", data)
         return set(data)
+
+    def upload_image(self, data: bytes, *, filename: str, subfolder: str = "") -> str:
+        """``POST /upload/image`` into the instance's input folder (overwriting a file of the same
+        name); the name LoadImage takes, ``subfolder/name`` (API.md: upload)."""
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, data, "application/octet-stream")},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+            # An upload of up to BOOKRENDER_INPUT_MAX_MB takes longer than a JSON call.
+            timeout=max(self.timeout, 60.0),
+        )
+        data_out = self._json(response, "POST /upload/image")
+        if not isinstance(data_out, dict) or not isinstance(data_out.get("name"), str):
+            raise self._protocol("POST /upload/image", data_out)
+        folder = str(data_out.get("subfolder") or "")
+        return f"{folder}/{data_out['name']}" if folder else str(data_out["name"])
 
     def view(self, image: OutputImage) -> bytes:
         response = self._request(

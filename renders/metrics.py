@@ -157,7 +157,8 @@ class BookrenderCollector(Collector):
 
 
 def disk_paths() -> list[Path]:
-    paths = [Path(settings.MEDIA_ROOT)]
+    # With the page files in a bucket, this host's media folder holds nothing worth watching.
+    paths = [] if settings.BOOKRENDER_STORAGE == "s3" else [Path(settings.MEDIA_ROOT)]
     if settings.BOOKRENDER_MODEL_DIR:
         paths.append(Path(settings.BOOKRENDER_MODEL_DIR))
     return paths

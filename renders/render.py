@@ -25,6 +25,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from PIL import Image
 
+from books.storage import STORAGE_ERRORS, StorageUnavailable
+from renders.assets import graph_needs_input, graph_with_input, input_upload
 from renders.comfy import MB, ComfyClient, ComfyError, ErrorKind, HistoryEntry, WaitResult
 from renders.gpu import instance_gpu_index, nvml_read
 from renders.lease import KEEPER, Claim, ClaimLost, Superseded, db_now
@@ -61,6 +63,8 @@ DEFER_SEC = 5.0
 NO_ROOM_POLL_SEC = 0.2
 NO_ROOM_WAIT_SEC = 5.0
 NO_ROOM_DEFER_SEC = 2.0
+# A page whose file storage did not answer tries again after this long (no retry used).
+STORAGE_RETRY_SEC = 5.0
 # How often a wait checks its claim (a flag the lease thread sets; no database call).
 CHECK_INTERVAL_SEC = 0.2
 # Progress is written to the page at most this often (the status page shows it).
@@ -221,6 +225,9 @@ def _submit(claim: Claim, record: RenderAttempt, client: ComfyClient, telemetry:
     )
     extra = {"bookrender": {"page": page.pk, "attempt": record.number}}
     claim.check()
+    if graph_needs_input(graph):
+        graph = graph_with_input(graph, input_upload(page=page, client=client))
+    claim.check()
     try:
         client.submit(graph, prompt_id=prompt_id, extra_data=extra)
     except ComfyError as exc:
@@ -285,6 +292,20 @@ def _submit_and_wait(claim: Claim, record: RenderAttempt, client: ComfyClient, t
         return _stop(claim, exc, client, record, telemetry)
     except ComfyError as exc:
         return _fail_attempt(claim, record, client, exc, telemetry)
+    except StorageUnavailable as exc:
+        return _wait_for_storage(claim, exc)
+
+
+def _wait_for_storage(claim: Claim, exc: StorageUnavailable) -> str:
+    """The file storage did not answer (reading the input, or storing the output): the page waits
+    and tries again without using a retry. Its prompt id stays with it, so the next try re-attaches
+    to the prompt (a finished one is only fetched again, not rendered again)."""
+    log.warning(
+        "storage unavailable",
+        extra={"event": "book.page.storage_unavailable", "book": claim.page.book_id, "page": claim.page.number},
+    )
+    page_defer(claim=claim, seconds=STORAGE_RETRY_SEC, note=f"waiting for the file storage: {exc}")
+    return "deferred"
 
 
 def _wait_and_finish(
@@ -327,25 +348,29 @@ def _finish_entry(
     images = entry.images_of(workflow.output_node)
     if not images:
         raise ComfyError(
-            ErrorKind.EXECUTION,
-            f"ComfyUI finished but output node {workflow.output_node} produced no image",
+            ErrorKind.NO_OUTPUT,
+            f"ComfyUI finished but output node {workflow.output_node} produced no file",
             instance=client.base_url,
             node_id=workflow.output_node,
         )
     claim.check()
     data = client.view(images[0])
-    telemetry["DoneMarkerDetected"] = _is_image(data)
+    telemetry["DoneMarkerDetected"] = _is_output(data, workflow.output_mime)
     if not telemetry["DoneMarkerDetected"]:
         raise ComfyError(
             ErrorKind.PROTOCOL,
-            f"/view returned {len(data)} bytes that are not an image",
+            f"/view returned {len(data)} bytes that are not {workflow.output_mime}",
             instance=client.base_url,
         )
     _vram_after(client, telemetry)
     instance_succeeded(url=client.base_url)
-    if page_finish(claim=claim, record=record, image=data, result=result, telemetry=telemetry):
-        return "done"
-    return "superseded"
+    try:
+        finished = page_finish(
+            claim=claim, record=record, image=data, result=result, telemetry=telemetry, extension=workflow.output_ext
+        )
+    except STORAGE_ERRORS as exc:
+        raise StorageUnavailable(f"cannot store the page's file: {type(exc).__name__}") from exc
+    return "done" if finished else "superseded"
 
 
 def _fail_attempt(
@@ -422,6 +447,8 @@ def _resume(claim: Claim, record: RenderAttempt) -> str:
         return _stop(claim, exc, client, record, telemetry)
     except ComfyError as exc:
         return _fail_attempt(claim, record, client, exc, telemetry)
+    except StorageUnavailable as exc:
+        return _wait_for_storage(claim, exc)
 
 
 def _cancel_quietly(client: ComfyClient, prompt_id: str) -> bool:
@@ -521,6 +548,16 @@ def _note(telemetry: dict[str, Any], note: str) -> None:
     notes = telemetry.setdefault("FallbackNotes", [])
     if note not in notes:
         notes.append(note)
+
+
+def _is_output(data: bytes, mime: str) -> bool:
+    """The bytes are what the workflow says its output node writes: a video by its container's
+    signature (MP4's ftyp box, WebM's EBML header), an image by Pillow reading it."""
+    if mime == "video/mp4":
+        return data[4:8] == b"ftyp"
+    if mime == "video/webm":
+        return data[:4] == b"\x1a\x45\xdf\xa3"
+    return _is_image(data)
 
 
 def _is_image(data: bytes) -> bool:

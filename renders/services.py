@@ -327,12 +327,19 @@ def page_image_name(page: BookPage, attempt: int, token: uuid.UUID | None, exten
 
 
 def page_finish(
-    *, claim: Claim, record: RenderAttempt, image: bytes, result: WaitResult, telemetry: dict[str, Any]
+    *,
+    claim: Claim,
+    record: RenderAttempt,
+    image: bytes,
+    result: WaitResult,
+    telemetry: dict[str, Any],
+    extension: str = "png",
 ) -> bool:
     """Store the image as a new version and mark the page Done, only while the claim holds it.
-    The new version becomes the chosen image; earlier versions are kept (see versions_prune)."""
+    The new version becomes the chosen image; earlier versions are kept (see versions_prune).
+    The file is stored first: if the storage fails, this raises and the page is not Done."""
     page = claim.page
-    stored = default_storage.save(page_image_name(page, claim.attempt, claim.token), ContentFile(image))
+    stored = default_storage.save(page_image_name(page, claim.attempt, claim.token, extension), ContentFile(image))
     with transaction.atomic():
         finished = _held(claim).update(
             status=Status.DONE,

@@ -29,7 +29,18 @@ PLACEHOLDERS = (
     "WIDTH",
     "HEIGHT",
     "FILENAME_PREFIX",
+    # An asset placeholder: left in the filled graph, replaced by the worker (renders.assets).
+    "INPUT_IMAGE",
 )
+# What an output node may write, by extension; a template's "output_ext" picks one.
+OUTPUT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+}
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z0-9_]*)\s*\}\}")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # The size a page may ask for; ComfyUI's own limit is 16384, far beyond what a page needs.
@@ -49,6 +60,8 @@ class Workflow:
     graph: dict[str, Any]
     defaults: dict[str, int] = field(default_factory=dict)
     path: Path | None = None
+    output_ext: str = "png"
+    output_mime: str = "image/png"
 
     def fill(
         self,
@@ -68,6 +81,7 @@ class Workflow:
             "WIDTH": width or self.defaults.get("width", 1024),
             "HEIGHT": height or self.defaults.get("height", 1024),
             "FILENAME_PREFIX": filename_prefix,
+            "INPUT_IMAGE": "{{INPUT_IMAGE}}",
         }
         filled = _substitute(self.graph, values)
         assert isinstance(filled, dict)
@@ -139,6 +153,12 @@ def workflow_parse(text: str, *, slug: str, path: Path | None = None) -> Workflo
         raise WorkflowError(
             f"{where}: 'defaults' may set width and height, whole numbers from {MIN_SIZE} to {MAX_SIZE}"
         )
+    output_ext = data.get("output_ext", "png")
+    if output_ext not in OUTPUT_TYPES:
+        raise WorkflowError(f"{where}: 'output_ext' must be one of {', '.join(OUTPUT_TYPES)}")
+    output_mime = data.get("output_mime", OUTPUT_TYPES[output_ext])
+    if output_mime != OUTPUT_TYPES[output_ext]:
+        raise WorkflowError(f"{where}: 'output_mime' of a .{output_ext} output is {OUTPUT_TYPES[output_ext]}")
     return Workflow(
         slug=slug,
         title=str(data.get("title") or slug),
@@ -147,6 +167,8 @@ def workflow_parse(text: str, *, slug: str, path: Path | None = None) -> Workflo
         graph=graph,
         defaults=defaults,
         path=path,
+        output_ext=output_ext,
+        output_mime=output_mime,
     )
 
 

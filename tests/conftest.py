@@ -17,6 +17,9 @@ from django.db import connection
 from ops import livestack
 from ops.livestack import Process
 
+# The S3-compatible server (moto) and a bucket per test, for any test that asks for `s3`.
+from tests.s3server import s3, s3_endpoint  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

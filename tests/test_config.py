@@ -189,3 +189,37 @@ def test_the_deploy_check_refuses_a_placeholder_flower_login(login: str):
     assert (
         manage_check("--deploy", DJANGO_SECRET_KEY=strong, FLOWER_BASIC_AUTH="ops:Hq8-xW2v-Lp4z-Rt7k").returncode == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"BOOKRENDER_STORAGE": "s4"}, "BOOKRENDER_STORAGE"),
+        ({"BOOKRENDER_STORAGE": "s3"}, "BOOKRENDER_STORAGE=s3 needs a bucket"),
+        ({"BOOKRENDER_S3_BUCKET": "pages"}, "BOOKRENDER_STORAGE is not s3"),
+        (
+            {"BOOKRENDER_STORAGE": "s3", "BOOKRENDER_S3_BUCKET": "pages", "BOOKRENDER_S3_ACCESS_KEY_ID": "AKIA-test"},
+            "BOOKRENDER_S3_SECRET_ACCESS_KEY go together",
+        ),
+        (
+            {"BOOKRENDER_STORAGE": "s3", "BOOKRENDER_S3_BUCKET": "pages", "BOOKRENDER_S3_ENDPOINT_URL": "minio:9000"},
+            "BOOKRENDER_S3_ENDPOINT_URL",
+        ),
+    ],
+)
+def test_it_refuses_contradictory_storage_settings(env: dict[str, str], says: str):
+    result = manage_check(**env)
+    assert result.returncode != 0 and "renders.E001" in result.stderr
+    assert says in result.stderr
+
+
+def test_a_complete_s3_configuration_passes_and_its_secret_is_never_shown():
+    result = manage_check(
+        BOOKRENDER_STORAGE="s3",
+        BOOKRENDER_S3_BUCKET="pages",
+        BOOKRENDER_S3_ENDPOINT_URL="http://127.0.0.1:9000",
+        BOOKRENDER_S3_ACCESS_KEY_ID="AKIA-test",
+        BOOKRENDER_S3_SECRET_ACCESS_KEY="very-secret-value",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "very-secret-value" not in result.stdout + result.stderr

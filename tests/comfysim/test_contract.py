@@ -632,3 +632,50 @@ def test_the_newer_api_has_jobs_and_stricter_ids(start_sim):
 
 def test_the_0_3_64_server_has_no_jobs_api(shared_sim):
     assert requests.get(shared_sim.url + "/api/jobs", timeout=10).status_code == 404
+
+
+def test_an_uploaded_image_loads_and_frames_save_as_one_animated_webp(sim):
+    """Issue 15's model-free nodes: /upload/image into input/, LoadImage reads it, ImageBatch
+    joins frames, SaveAnimatedWEBP writes them as one animated WebP listed under "images" with
+    "animated": [true]. test_real_contract.py runs this against the real ComfyUI too."""
+    picture = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(picture, "PNG")
+    uploaded = requests.post(
+        sim.url + "/upload/image",
+        files={"image": ("contract-frame.png", picture.getvalue(), "image/png")},
+        data={"type": "input", "subfolder": "contract", "overwrite": "true"},
+        timeout=30,
+    )
+    assert uploaded.status_code == 200
+    assert uploaded.json() == {"name": "contract-frame.png", "subfolder": "contract", "type": "input"}
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "contract/contract-frame.png"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 1, "color": 255}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["3", 0],
+                "filename_prefix": f"contract/anim-{uuid.uuid4().hex[:8]}",
+                "fps": 4.0,
+                "lossless": False,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+    }
+    entry = sim.wait_for_history(sim.submit(graph)["prompt_id"], timeout=120)
+    assert entry["status"]["status_str"] == "success"
+    output = entry["outputs"]["4"]
+    assert sorted(output) == ["animated", "images"] and output["animated"] == [True]
+    [listed] = output["images"]
+    assert (
+        listed["type"] == "output" and listed["subfolder"] == "contract" and listed["filename"].endswith("_00001_.webp")
+    )
+    with Image.open(sim.output_dir / "contract" / listed["filename"]) as image:
+        assert image.format == "WEBP" and image.n_frames == 2 and image.size == (96, 64)
+        r, g, b = image.convert("RGB").getpixel((48, 32))
+        assert r > 150 and g < 80
+        image.seek(1)  # the second frame: the blue EmptyImage, rescaled to the first frame's size
+        r, g, b = image.convert("RGB").getpixel((48, 32))
+        assert b > 150 and r < 80

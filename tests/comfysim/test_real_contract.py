@@ -60,3 +60,7 @@ def test_model_free_workflows_give_the_captured_outputs(server, capture):
 
 def test_the_0_3_64_server_has_no_jobs_api(server):
     contract.test_the_0_3_64_server_has_no_jobs_api(server)
+
+
+def test_an_uploaded_image_loads_and_frames_save_as_one_animated_webp(server):
+    contract.test_an_uploaded_image_loads_and_frames_save_as_one_animated_webp(server)

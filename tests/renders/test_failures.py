@@ -149,7 +149,9 @@ def test_a_rerun_while_the_old_attempt_renders_stores_only_the_new_image(alice, 
     simulator.set_faults(render_time="3")
     start_worker(COMFYUI_URLS=simulator.url, concurrency=2, **FAST)
     page = one_page(alice)
-    wait_for(lambda: BookPage.objects.get(pk=page.pk).status == Status.RENDERING)
+    # Rendering on ComfyUI, not merely claimed: a rerun between the claim and the submission
+    # supersedes the old attempt before it has a record, and there is nothing to compare.
+    wait_for(lambda: RenderAttempt.objects.filter(page=page, submitted_at__isnull=False).exists())
     simulator.set_faults(render_time="0.2")
     assert page_enqueue(page_id=page.pk, by="admin:1", reason="admin_rerun", force=True).queued
     page = settled(page)

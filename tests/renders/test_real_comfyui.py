@@ -213,3 +213,44 @@ def test_a_regenerate_really_runs_and_gives_new_bytes(alice, real_comfyui, start
     one, two = RenderAttempt.objects.filter(page=page).order_by("number")
     assert one.seed != two.seed and one.prompt_id != two.prompt_id
     assert page.image.read() != first  # a new seed, new noise: ComfyUI really ran it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_input_image_and_an_animated_output_really_run(alice, real_comfyui, start_worker, broker, s3):
+    """The two model-free templates of issue 15 on a real ComfyUI, with the files in the bucket:
+    the worker uploads the input with /upload/image, LoadImage reads it; SaveAnimatedWEBP writes
+    a three-frame animated WebP that the worker fetches and stores."""
+    import io
+
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    from books.inputs import input_image_store
+
+    start_worker(COMFYUI_URLS=real_comfyui.url, **s3.env())
+    sketch = io.BytesIO()
+    Image.new("RGB", (300, 200), "blue").save(sketch, "PNG")
+    coloured = book_create(
+        owner=alice,
+        title="Sketch",
+        workflow="model-free-input",
+        pages=[PageSpec("colour me", input_image=input_image_store(sketch.getvalue()))],
+    ).pages.get()
+    moving = book_create(
+        owner=alice, title="Moving", workflow="model-free-animated", pages=[PageSpec("blink")]
+    ).pages.get()
+
+    for page in (coloured, moving):
+        wait_for(
+            lambda page=page: BookPage.objects.get(pk=page.pk).status in (Status.DONE, Status.FAILED),
+            timeout=300,
+        )
+        page.refresh_from_db()
+        assert page.status == Status.DONE, page.image_error
+    with default_storage.open(str(coloured.image.name), "rb") as stored, Image.open(stored) as image:
+        assert image.size == (512, 512)
+        r, _, b = image.convert("RGB").getpixel((256, 256))
+        assert b > 150 and r < 100
+    with default_storage.open(str(moving.image.name), "rb") as stored, Image.open(stored) as image:
+        assert image.format == "WEBP" and image.is_animated and image.n_frames == 3
+    assert str(moving.image.name).endswith(".webp")

@@ -4,6 +4,7 @@ checkout run on SQLite with no configuration. The README's configuration table l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "books",
     "renders",
+    "fleets",
 ]
 
 MIDDLEWARE = [
@@ -121,12 +123,57 @@ STATIC_URL = "static/"
 # Collected once per install (ops/install.sh, the Dockerfile), beside the code, which every
 # deployment treats as read-only; WhiteNoise serves it.
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Uploads are streamed to a temporary file, never held whole in the web process's memory: an asset
+# (fleets/) may be gigabytes.
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("BOOKRENDER_MEDIA_ROOT", str(VAR_DIR / "media")))
+
+# --- Fleets: assets, bundles, hosts (fleets/) -----------------------------------------------------
+
+# Where assets (assets/<kind>/<sha256>) and bundle manifests (bundles/<id>/manifest.json) are kept:
+# "local" is a folder (BOOKRENDER_ASSETS_ROOT); "s3" is a bucket (django-storages' S3Storage).
+BOOKRENDER_STORAGE = env_str("BOOKRENDER_STORAGE", "local")
+if BOOKRENDER_STORAGE not in ("local", "s3"):
+    error("BOOKRENDER_STORAGE", BOOKRENDER_STORAGE, "expected local or s3")
+BOOKRENDER_ASSETS_ROOT = env_str("BOOKRENDER_ASSETS_ROOT", str(VAR_DIR / "objects"))
+BOOKRENDER_S3_BUCKET = env_str("BOOKRENDER_S3_BUCKET", "")
+BOOKRENDER_S3_ENDPOINT_URL = env_str("BOOKRENDER_S3_ENDPOINT_URL", "")
+BOOKRENDER_S3_REGION = env_str("BOOKRENDER_S3_REGION", "us-east-1")
+BOOKRENDER_S3_ACCESS_KEY_ID = env_str("BOOKRENDER_S3_ACCESS_KEY_ID", "")
+BOOKRENDER_S3_SECRET_ACCESS_KEY = env_str("BOOKRENDER_S3_SECRET_ACCESS_KEY", "")
+if BOOKRENDER_STORAGE == "s3":
+    if not BOOKRENDER_S3_BUCKET:
+        error("BOOKRENDER_S3_BUCKET", "", "is needed when BOOKRENDER_STORAGE=s3")
+    STORAGES["assets"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": BOOKRENDER_S3_BUCKET,
+            "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
+            "region_name": BOOKRENDER_S3_REGION,
+            "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
+            "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
+            # Keys are content addresses: the same key always holds the same bytes.
+            "file_overwrite": True,
+            "default_acl": None,
+            # Hosts download through presigned URLs this long-lived (an apply of a large bundle).
+            "querystring_expire": 6 * 3600,
+        },
+    }
+else:
+    STORAGES["assets"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": BOOKRENDER_ASSETS_ROOT},
+    }
+# Signed host requests (registration, heartbeats) older or newer than this are refused.
+BOOKRENDER_FLEET_CLOCK_SKEW_SEC = env_int("BOOKRENDER_FLEET_CLOCK_SKEW_SEC", 300, minimum=1)
+# A host silent this long is stale (gets no new work); this long, offline (its work resumes elsewhere).
+BOOKRENDER_FLEET_HOST_STALE_SEC = env_float("BOOKRENDER_FLEET_HOST_STALE_SEC", 60, minimum=1)
+BOOKRENDER_FLEET_HOST_OFFLINE_SEC = env_float("BOOKRENDER_FLEET_HOST_OFFLINE_SEC", 180, minimum=1)
 
 # --- Redis and Celery -----------------------------------------------------------------------------
 

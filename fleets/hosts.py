@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from fleets.models import Bundle, Fleet, Host, HostNonce
+from ops.assetsync import sign as signature
 from renders.models import ComfyInstance
 
 log = logging.getLogger("bookrender.fleets")
@@ -36,11 +37,6 @@ OFFLINE_NOTE = "host offline: no heartbeat"
 
 class Refused(Exception):
     """A host request refused; the message is for the server's log, not for the caller."""
-
-
-def signature(*, secret: str, timestamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
-    message = f"{timestamp}\n{nonce}\n{method.upper()}\n{path}\n".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def signed_request_check(

@@ -103,3 +103,87 @@ def make_bundle(name: str, *assets: Asset, publish: bool = True) -> Bundle:
 @pytest.fixture
 def fleet(db: None) -> Fleet:
     return fleet_create(slug="gpu-default")
+
+
+class FlakyProxy:
+    """A real HTTP proxy in front of bookrender that spoils blob downloads on demand: each fault
+    in ``faults`` is used by one blob request ("cut": half the body, then the connection closes;
+    "corrupt": one byte flipped). ``ranges`` records every Range header a blob request carried."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        import requests
+
+        self.upstream = upstream
+        self.faults: list[str] = []
+        self.ranges: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                answer = requests.request(method, proxy.upstream + self.path, headers=headers, data=body, timeout=60)
+                content = answer.content
+                fault = ""
+                if "/fleets/api/blobs/" in self.path:
+                    proxy.ranges.append(self.headers.get("Range", ""))
+                    fault = proxy.faults.pop(0) if proxy.faults else ""
+                if fault == "corrupt":
+                    content = content[:-1] + bytes([content[-1] ^ 0xFF])
+                self.send_response(answer.status_code)
+                for key in ("Content-Type", "Content-Range", "Accept-Ranges"):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(content)))
+                if fault == "cut":
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if fault == "cut":
+                    self.wfile.write(content[: len(content) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(content)
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def live(live_server: Any) -> Iterator[Any]:
+    """live_server whose request threads close their database connections after each request
+    (CONN_MAX_AGE would keep them open past the test, and the test database could not be dropped)."""
+    from django.db import connections
+
+    saved = connections.settings["default"]["CONN_MAX_AGE"]
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+    yield live_server
+    connections.settings["default"]["CONN_MAX_AGE"] = saved
+
+
+@pytest.fixture
+def flaky_proxy(live: Any) -> Iterator[FlakyProxy]:
+    proxy = FlakyProxy(live.url)
+    yield proxy
+    proxy.close()

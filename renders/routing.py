@@ -132,6 +132,10 @@ def workflow_runnable(*, workflow: str) -> bool:
 
     if ComfyInstance.objects.filter(enabled=True, host__isnull=True).exists():
         return True
+    # COMFYUI_URLS rows are made by the first slot_acquire: a URL without a row yet counts.
+    known = set(ComfyInstance.objects.filter(url__in=settings.COMFYUI_URLS).values_list("url", flat=True))
+    if set(settings.COMFYUI_URLS) - known:
+        return True
     fleets = FleetWorkflow.objects.filter(workflow_slug=workflow).values("fleet")
     return ComfyInstance.objects.filter(enabled=True, host__fleet__in=fleets).exists()
 

@@ -71,6 +71,11 @@ def test_it_applies_a_bundle_and_a_second_apply_does_nothing(host, fleet, object
     bundle = make_bundle("b1", model, node)
     fleet_activate(fleet=fleet, bundle=bundle, by="root", object_info=object_info)
 
+    dry = Options(**{**opts.__dict__, "dry_run": True})
+    assert apply(server, dry) == 0
+    assert sorted(p.name for p in opts.home.iterdir()) == ["comfyui-asset-sync.log"]  # nothing else changed
+    assert [line["event"] for line in _log(opts)].count("apply.would") == 2
+
     assert apply(server, opts) == 0
     current = opts.home / "current"
     assert (current / "models/checkpoints/tiny.safetensors").read_bytes() == MODEL

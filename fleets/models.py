@@ -99,6 +99,7 @@ class BundleEntry(models.Model):
     action = models.CharField(max_length=16, choices=Action.choices, default=Action.COPY)
 
     class Meta:
+        verbose_name_plural = "bundle entries"
         ordering = ["bundle", "target_path"]
         constraints = [models.UniqueConstraint(fields=["bundle", "target_path"], name="bundle_entry_unique_path")]
 

@@ -88,6 +88,7 @@ class Migration(migrations.Migration):
                 ('bundle', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entries', to='fleets.bundle')),
             ],
             options={
+                'verbose_name_plural': 'bundle entries',
                 'ordering': ['bundle', 'target_path'],
                 'constraints': [models.UniqueConstraint(fields=('bundle', 'target_path'), name='bundle_entry_unique_path')],
             },

@@ -208,3 +208,12 @@ def test_gc_keeps_the_current_and_previous_bundles(tmp_path):
     removed = gc(home, log=SyncLog(home / "log"), dry_run=False)
     assert sorted(removed) == ["bundles/1", "cache/" + "a" * 64]
     assert sorted(p.name for p in (home / "bundles").iterdir()) == ["2", "3"]
+
+
+def test_a_host_downloads_from_s3_through_presigned_urls(host, fleet, object_info, s3_assets, flaky_proxy):
+    server, opts = host
+    fleet_activate(fleet=fleet, bundle=make_bundle("b1", make_asset(MODEL)), by="root", object_info=object_info)
+
+    assert apply(server, opts) == 0
+    assert (opts.home / "current/models/checkpoints/tiny.safetensors").read_bytes() == MODEL
+    assert flaky_proxy.ranges == []  # the bytes came from the bucket, not through bookrender

@@ -160,7 +160,8 @@ class FleetWorkflowInline(admin.TabularInline[FleetWorkflow, Fleet]):
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "workflow_slug":
-            return forms.ChoiceField(choices=workflow_choices(), label="workflow")
+            # A blank first choice: the extra row left alone is then unchanged, and not saved.
+            return forms.ChoiceField(choices=[("", "---------"), *workflow_choices()], label="workflow")
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
 

@@ -41,3 +41,27 @@ def test_the_admin_shows_assets_bundles_fleets_and_their_workers(admin_user, liv
         tab.screenshot(path=str(ARTIFACTS / f"fleets-admin-{name}.png"), full_page=True)
         for words in expected:
             assert words in text, f"{name}: {words!r} missing"
+
+
+def test_a_fleet_is_activated_from_its_page_and_a_refusal_says_why(admin_user, live, fleet, tab):  # noqa: F811
+    fleet_workflow_assign(fleet=fleet, workflow_slug="sdxl")
+    bundle = make_bundle("sdxl-base", make_asset(b"x" * 64, name="sd_xl_base_1.0.safetensors"))
+    lacking = make_bundle("lacking", make_asset(b"y" * 64, name="other.safetensors"))
+    # The check needs a ComfyUI's /object_info; the admin asks an instance that is up.
+    from comfysim.testing import running_simulator
+    from renders.models import ComfyInstance
+
+    with running_simulator() as sim:
+        ComfyInstance.objects.create(url=sim.url, state=ComfyInstance.State.UP)
+        sign_in(tab, live.url, "/admin/login/", "root", "root-password")
+        tab.goto(f"{live.url}/admin/fleets/fleet/{fleet.pk}/change/")
+        tab.select_option("#id_activate", label="lacking")
+        tab.click("input[name=_continue]")
+        assert "needs file 'sd_xl_base_1.0.safetensors'" in tab.inner_text(".messagelist")
+        tab.select_option("#id_activate", label="sdxl-base")
+        tab.click("input[name=_continue]")
+        tab.screenshot(path=str(ARTIFACTS / "fleets-admin-activated.png"), full_page=True)
+        assert "sdxl-base is now active on gpu-default" in tab.inner_text(".messagelist").lower()
+    fleet.refresh_from_db()
+    assert fleet.active_bundle == bundle and lacking.activations.count() == 0
+    assert list(fleet.workflows.values_list("workflow_slug", flat=True)) == ["sdxl"]  # the blank row added nothing

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "books",
     "renders",
+    "fleets",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +122,9 @@ STATIC_URL = "static/"
 # Collected once per install (ops/install.sh, the Dockerfile), beside the code, which every
 # deployment treats as read-only; WhiteNoise serves it.
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Uploads are streamed to a temporary file, never held whole in the web process's memory: an asset
+# (fleets/) may be gigabytes.
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("BOOKRENDER_MEDIA_ROOT", str(VAR_DIR / "media")))
 
@@ -128,6 +132,7 @@ MEDIA_ROOT = Path(env_str("BOOKRENDER_MEDIA_ROOT", str(VAR_DIR / "media")))
 # store shared by the web host and the GPU hosts (books/storage.py). Never a public bucket: objects
 # are private and browsers get presigned URLs that expire.
 BOOKRENDER_STORAGE = env_str("BOOKRENDER_STORAGE", "local")
+BOOKRENDER_ASSETS_ROOT = env_str("BOOKRENDER_ASSETS_ROOT", str(VAR_DIR / "objects"))
 BOOKRENDER_S3_BUCKET = env_str("BOOKRENDER_S3_BUCKET", "")
 BOOKRENDER_S3_ENDPOINT_URL = env_str("BOOKRENDER_S3_ENDPOINT_URL", "")
 BOOKRENDER_S3_REGION = env_str("BOOKRENDER_S3_REGION", "us-east-1")
@@ -173,6 +178,39 @@ STORAGES = {
 # Input images a page may carry (img2img, a sketch to colour in): checked by decoding them.
 BOOKRENDER_INPUT_MAX_MB = env_int("BOOKRENDER_INPUT_MAX_MB", 10, minimum=1)
 BOOKRENDER_INPUT_MAX_PIXELS = env_int("BOOKRENDER_INPUT_MAX_PIXELS", 16_777_216, minimum=1)
+
+# --- Fleets: assets, bundles, hosts (fleets/) -----------------------------------------------------
+
+# Assets (assets/<kind>/<sha256>) and bundle manifests (bundles/<id>/manifest.json): the folder
+# BOOKRENDER_ASSETS_ROOT, or the same bucket as the page files when BOOKRENDER_STORAGE=s3.
+if BOOKRENDER_STORAGE == "s3":
+    STORAGES["assets"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": BOOKRENDER_S3_BUCKET,
+            "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
+            "region_name": BOOKRENDER_S3_REGION,
+            "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
+            "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
+            # Keys are content addresses: the same key always holds the same bytes.
+            "file_overwrite": True,
+            "default_acl": None,
+            "signature_version": "s3v4",
+            "addressing_style": "path" if BOOKRENDER_S3_ENDPOINT_URL else None,
+            # Hosts download through presigned URLs this long-lived (an apply of a large bundle).
+            "querystring_expire": 6 * 3600,
+        },
+    }
+else:
+    STORAGES["assets"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": BOOKRENDER_ASSETS_ROOT},
+    }
+# Signed host requests (registration, heartbeats) older or newer than this are refused.
+BOOKRENDER_FLEET_CLOCK_SKEW_SEC = env_int("BOOKRENDER_FLEET_CLOCK_SKEW_SEC", 300, minimum=1)
+# A host silent this long is stale (gets no new work); this long, offline (its work resumes elsewhere).
+BOOKRENDER_FLEET_HOST_STALE_SEC = env_float("BOOKRENDER_FLEET_HOST_STALE_SEC", 60, minimum=1)
+BOOKRENDER_FLEET_HOST_OFFLINE_SEC = env_float("BOOKRENDER_FLEET_HOST_OFFLINE_SEC", 180, minimum=1)
 
 # --- Redis and Celery -----------------------------------------------------------------------------
 

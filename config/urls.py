@@ -24,6 +24,7 @@ urlpatterns = [
         name="admin_regenerate_page",
     ),
     path("admin/", admin.site.urls),
+    path("fleets/api/", include("fleets.urls")),
     path("metrics", metrics, name="metrics"),
     path("healthz", healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),

@@ -169,6 +169,9 @@ class ComfyInstanceAdmin(admin.ModelAdmin[ComfyInstance]):
         "vram_free_mb",
         "gpu_temperature_c",
         "last_probe_at",
+        "registration_source",
+        "host",
+        "last_seen_at",
     )
     list_editable = ("slots", "enabled")
     list_filter = ("state", "enabled")
@@ -191,5 +194,22 @@ class ComfyInstanceAdmin(admin.ModelAdmin[ComfyInstance]):
         "gpu_power_w",
         "reading_source",
         "readings_at",
+        "registration_source",
+        "host",
+        "last_seen_at",
+        "applied_bundle",
+        "workflows",
     )
     readonly_fields = fields[4:]
+
+    @admin.display(description="applied bundle")
+    def applied_bundle(self, instance: ComfyInstance) -> str:
+        bundle = instance.host.applied_bundle if instance.host else None
+        return str(bundle) if bundle else "-"
+
+    @admin.display(description="workflows")
+    def workflows(self, instance: ComfyInstance) -> str:
+        if instance.host is None:
+            return "all (not in a fleet)"
+        slugs = instance.host.fleet.workflows.values_list("workflow_slug", flat=True)
+        return ", ".join(slugs) or "none assigned"

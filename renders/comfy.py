@@ -550,12 +550,16 @@ class ComfyClient:
 
     def node_classes(self) -> set[str]:
         """The node class names in ComfyUI's /object_info: every node this server can run."""
+        return set(self.object_info())
+
+    def object_info(self) -> dict[str, Any]:
+        """ComfyUI's /object_info: each node class with its inputs (and a combo input's choices)."""
         # /object_info describes ~500 classes and takes seconds on a cold server.
         response = self._request("GET", "/object_info", timeout=max(self.timeout, 60.0))
         data = self._json(response, "GET /object_info")
         if not isinstance(data, dict):
             raise self._protocol("GET /object_info", data)
-        return set(data)
+        return data
 
     def upload_image(self, data: bytes, *, filename: str, subfolder: str = "") -> str:
         """``POST /upload/image`` into the instance's input folder (overwriting a file of the same

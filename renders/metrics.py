@@ -38,6 +38,9 @@ class BookrenderCollector(Collector):
         yield from self._queue()
         yield from self._instances()
         yield from self._disks()
+        from fleets.metrics import fleet_metrics  # fleets depends on renders, not the other way round
+
+        yield from fleet_metrics()
 
     def _pages(self) -> Iterator[Metric]:
         pages = GaugeMetricFamily("bookrender_pages", "Pages by status", labels=["status"])

@@ -67,11 +67,15 @@ class ComfyInstance(models.Model):
     class Source(models.TextChoices):
         SETTINGS = "settings", "COMFYUI_URLS"
         ADMIN = "admin", "Added in the admin"
+        FLEET = "fleet", "Registered by a fleet host"
 
     url = models.CharField(max_length=255, unique=True)
     # Rows from COMFYUI_URLS are retired (disabled, with a reason) once the URL leaves the setting.
     registration_source = models.CharField(max_length=16, choices=Source.choices, default=Source.ADMIN)
     gpu_index = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Fleet instances: the host that registered it and when that host last reported it.
+    host = models.ForeignKey("fleets.Host", on_delete=models.SET_NULL, null=True, blank=True, related_name="instances")
+    last_seen_at = models.DateTimeField(null=True, blank=True)
     # Prompts it may hold at once: 2 = one running and one queued behind it, so ComfyUI starts the
     # next page the moment the last one ends.
     slots = models.PositiveSmallIntegerField(default=2)

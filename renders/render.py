@@ -38,6 +38,7 @@ from renders.routing import (
     instance_succeeded,
     slot_acquire,
     slot_release,
+    workflow_runnable,
 )
 from renders.services import (
     claim_renew,
@@ -151,6 +152,9 @@ def _render_claimed(claim: Claim) -> str:
     except WorkflowError as exc:
         error = ComfyError(ErrorKind.VALIDATION, str(exc), retryable=False)
         return page_fail(claim=claim, error=error, record=None)
+    if not workflow_runnable(workflow=workflow.slug):
+        message = f"no ComfyUI can run the workflow {workflow.slug!r}: no fleet has it assigned"
+        return page_fail(claim=claim, error=ComfyError(ErrorKind.VALIDATION, message, retryable=False), record=None)
     try:
         chosen = _slot_wait(claim)
     except (Superseded, ClaimLost):

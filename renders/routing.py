@@ -85,6 +85,9 @@ def slot_acquire(
             if chosen is None or chosen.state != ComfyInstance.State.UP:
                 return None
         else:
+            if any(i.host_id is not None for i in instances):
+                capable = fleet_hosts_capable(workflow=page.book.workflow)
+                instances = [i for i in instances if i.host_id is None or i.host_id in capable]
             live = Counter(
                 InstanceSlot.objects.filter(expires_at__gt=Now(), instance__in=instances)
                 .exclude(page=page)
@@ -105,6 +108,36 @@ def slot_acquire(
             instance=chosen, page=page, attempt=attempt, claim=claim, expires_at=db_in(settings.COMFY_LEASE_SEC)
         )
     return chosen
+
+
+def fleet_hosts_capable(*, workflow: str) -> set[int]:
+    """Fleet hosts that may take a page of this workflow: ready, in a fleet the workflow is
+    assigned to, with the fleet's active bundle applied (activation checked that bundle has every
+    asset the fleet's workflows need). Instances outside fleets run every workflow, as before."""
+    from fleets.models import Host  # fleets depends on renders' models, not the other way round
+
+    return set(
+        Host.objects.filter(
+            state=Host.State.READY,
+            fleet__workflows__workflow_slug=workflow,
+            applied_bundle_id=F("fleet__active_bundle_id"),
+        ).values_list("pk", flat=True)
+    )
+
+
+def workflow_runnable(*, workflow: str) -> bool:
+    """Whether any enabled instance could ever take this workflow (busy, down or applying counts;
+    offline fleet hosts are disabled). False: the page would wait forever, so it says so instead."""
+    from fleets.models import FleetWorkflow
+
+    if ComfyInstance.objects.filter(enabled=True, host__isnull=True).exists():
+        return True
+    # COMFYUI_URLS rows are made by the first slot_acquire: a URL without a row yet counts.
+    known = set(ComfyInstance.objects.filter(url__in=settings.COMFYUI_URLS).values_list("url", flat=True))
+    if set(settings.COMFYUI_URLS) - known:
+        return True
+    fleets = FleetWorkflow.objects.filter(workflow_slug=workflow).values("fleet")
+    return ComfyInstance.objects.filter(enabled=True, host__fleet__in=fleets).exists()
 
 
 def slot_renew(*, page_id: int, claim: uuid.UUID | None) -> None:

@@ -35,7 +35,12 @@ def sweep() -> dict[str, int]:
     except redis.RedisError:
         pass  # the heartbeat is for monitoring; the sweep itself must run
     result = services.pages_sweep()
-    return {"resumed": result.resumed, "republished": result.republished}
+    # Fleet hosts that stopped heartbeating: stale, then offline (their instances get no work, and
+    # the pages they held resume elsewhere once their leases run out).
+    from fleets.hosts import hosts_sweep
+
+    silent = hosts_sweep()
+    return {"resumed": result.resumed, "republished": result.republished, **silent}
 
 
 @shared_task(name="renders.tasks.probe_instances", ignore_result=True, soft_time_limit=20, time_limit=30)

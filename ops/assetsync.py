@@ -1,0 +1,574 @@
+"""Apply a fleet's active bundle on a GPU host: ``python -m ops.assetsync apply|status|gc``.
+
+Run by comfyui-asset-sync.service at boot and whenever the fleet's pointer changes. Needs only
+``requests`` (no Django): it talks to bookrender over HTTP.
+
+The host's folder (``--home``, BOOKRENDER_ASSETS_HOME)::
+
+    cache/<sha256>          verified blobs (cache/<sha256>.part while downloading)
+    bundles/<id>/           one staged tree per bundle: models/, custom_nodes/, input/
+    current -> bundles/<id> what ComfyUI reads (extra_model_paths.yaml, --input-directory)
+    .previous_bundle_id     the bundle a rollback returns to
+    .active_bundle_id       written last: the bundle applied and healthy
+    comfyui-asset-sync.log  JSON lines, one per step
+
+apply, as an algorithm:
+
+1. Register with the fleet (HMAC of the fleet secret over timestamp, nonce and body); get a token.
+2. Fetch the active bundle's manifest; check its sha256 against the one bookrender recorded.
+3. Nothing to do when ``.active_bundle_id`` names it, ``current`` points at it and its tree is intact.
+4. Download each blob into the cache: a ``.part`` file resumes with Range; every byte is checked
+   against the sha256, a mismatch is deleted and downloaded again (3 tries).
+5. Stage ``bundles/<id>``: hardlink (or copy) blobs into place, extract archives refusing absolute
+   paths, ``..`` and links; record the tree; rename into place.
+6. Drain: report ``applying`` (bookrender routes no new work here) and wait for each instance's
+   queue to empty.
+7. Switch ``current`` atomically (a new symlink renamed over the old), run the restart command,
+   and health-gate every instance: /system_stats answers and /object_info has every node class
+   the fleet's workflows use.
+8. On any failure in 7, switch back to the previous bundle, restart, gate again, and report the
+   failure. On success write ``.previous_bundle_id``, then ``.active_bundle_id``; collect garbage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import requests
+
+LOG_NAME = "comfyui-asset-sync.log"
+CHUNK = 1024 * 1024
+# Small reads from the network: a connection cut mid-body loses at most this much of the download.
+NET_CHUNK = 64 * 1024
+DOWNLOAD_TRIES = 3
+HTTP_TIMEOUT = 30.0
+
+
+class SyncError(Exception):
+    """An apply that cannot go on; the message says what and where."""
+
+
+def sign(*, secret: str, timestamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
+    """The registration signature (fleets/hosts.py checks it): HMAC-SHA256 of the fleet secret."""
+    message = f"{timestamp}\n{nonce}\n{method.upper()}\n{path}\n".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+# --- The log --------------------------------------------------------------------------------------
+
+
+class SyncLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
+        text = json.dumps(line, sort_keys=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as out:
+            out.write(text + "\n")
+        print(text, flush=True)
+
+
+# --- Talking to bookrender ------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    url: str
+    fleet: str
+    secret: str
+    host: str
+    token: str = ""
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def register(self) -> None:
+        path = "/fleets/api/register"
+        body = json.dumps({"host": self.host}).encode()
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Fleet": self.fleet,
+            "X-Timestamp": timestamp,
+            "X-Nonce": nonce,
+            "X-Signature": sign(
+                secret=self.secret, timestamp=timestamp, nonce=nonce, method="POST", path=path, body=body
+            ),
+        }
+        response = self.session.post(self.url + path, data=body, headers=headers, timeout=HTTP_TIMEOUT)
+        if response.status_code != 200:
+            raise SyncError(
+                f"registration with {self.url} as {self.fleet}/{self.host} refused ({response.status_code})"
+            )
+        self.token = response.json()["token"]
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def manifest(self) -> dict[str, Any]:
+        response = self.session.get(self.url + "/fleets/api/manifest", headers=self._auth(), timeout=HTTP_TIMEOUT)
+        if response.status_code != 200:
+            raise SyncError(f"manifest: {response.status_code} {response.text[:300]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def heartbeat(self, *, state: str, applied: int | None, instances: list[str], **extra: Any) -> None:
+        readings = [{"url": url, "gpu_index": index} for index, url in enumerate(instances)]
+        body = {"state": state, "applied_bundle_id": applied, "instances": readings, **extra}
+        response = self.session.post(
+            self.url + "/fleets/api/heartbeat", json=body, headers=self._auth(), timeout=HTTP_TIMEOUT
+        )
+        if response.status_code != 200:
+            raise SyncError(f"heartbeat: {response.status_code} {response.text[:300]}")
+
+    def open_blob(self, url: str, start: int) -> requests.Response:
+        # Presigned S3 URLs carry their own authority; a bookrender URL takes the host's token.
+        headers = self._auth() if url.startswith(self.url) else {}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        return self.session.get(url, headers=headers, stream=True, timeout=HTTP_TIMEOUT)
+
+
+# --- Downloads ------------------------------------------------------------------------------------
+
+
+def _hash_file(path: Path, sha: Any = None) -> Any:
+    sha = sha or hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(CHUNK):
+            sha.update(chunk)
+    return sha
+
+
+def blob_fetch(*, server: Server, cache: Path, entry: dict[str, Any], url: str, log: SyncLog) -> Path:
+    """The verified blob in the cache: downloaded, resumed or re-downloaded as needed."""
+    sha256, size = str(entry["sha256"]), int(entry["size"])
+    blob = cache / sha256
+    if blob.exists() and blob.stat().st_size == size:
+        return blob  # verified when it was renamed into place
+    part = cache / f"{sha256}.part"
+    cache.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        try:
+            if have < size:
+                with server.open_blob(url, have) as response:
+                    if have and response.status_code == 206:
+                        log("download.resume", sha256=sha256, offset=have, attempt=attempt)
+                    elif response.status_code == 200:
+                        have = 0  # the server sent it all: start again
+                    else:
+                        raise SyncError(f"blob {sha256}: HTTP {response.status_code}")
+                    with part.open("ab" if have else "wb") as out:
+                        for chunk in response.iter_content(NET_CHUNK):
+                            out.write(chunk)
+        except (requests.RequestException, OSError) as exc:
+            log("download.interrupted", sha256=sha256, attempt=attempt, error=str(exc)[:300])
+            continue
+        got = part.stat().st_size if part.exists() else 0
+        if got < size:
+            log("download.short", sha256=sha256, attempt=attempt, have=got, size=size)
+            continue
+        actual = _hash_file(part).hexdigest()
+        if got != size or actual != sha256:
+            log("download.corrupt", sha256=sha256, attempt=attempt, got_sha256=actual, size=got)
+            part.unlink()
+            continue
+        part.chmod(0o444)
+        os.replace(part, blob)
+        log("download.verified", sha256=sha256, size=size, attempt=attempt)
+        return blob
+    raise SyncError(f"blob {sha256} ({entry['target_path']}): no verified copy after {DOWNLOAD_TRIES} tries")
+
+
+# --- Staging --------------------------------------------------------------------------------------
+
+
+def _safe_member(root: Path, name: str) -> Path:
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
+        raise SyncError(f"archive member {name!r}: absolute path or '..'")
+    target = (root / pure).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise SyncError(f"archive member {name!r} would land outside {root}")
+    return target
+
+
+def extract_zip(archive: Path, into: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            target = _safe_member(into, info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise SyncError(f"archive member {info.filename!r} is a link")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+
+
+def extract_tar_gz(archive: Path, into: Path) -> None:
+    with tarfile.open(archive, "r:gz") as tf:
+        members = tf.getmembers()
+        for member in members:
+            _safe_member(into, member.name)
+            if not (member.isfile() or member.isdir()):
+                raise SyncError(f"archive member {member.name!r} is a link or device, not a file")
+        # The data filter refuses the same things again (and strips set-uid bits).
+        tf.extractall(into, members=members, filter="data")
+
+
+def _place(blob: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(blob, target)  # same file system: no copy at all
+    except OSError:
+        shutil.copyfile(blob, target)
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name not in (".tree.json", ".manifest.json")
+    }
+
+
+def bundle_stage(*, home: Path, manifest: dict[str, Any], blobs: dict[str, Path], log: SyncLog) -> Path:
+    bundle_id = manifest["bundle_id"]
+    final = home / "bundles" / str(bundle_id)
+    staging = home / "bundles" / f"{bundle_id}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for entry in manifest["entries"]:
+        target = _safe_member(staging, entry["target_path"])
+        blob = blobs[entry["sha256"]]
+        if entry["action"] == "copy":
+            _place(blob, target)
+        elif entry["action"] == "extract_zip":
+            target.mkdir(parents=True, exist_ok=True)
+            extract_zip(blob, target)
+        elif entry["action"] == "extract_tar_gz":
+            target.mkdir(parents=True, exist_ok=True)
+            extract_tar_gz(blob, target)
+        else:
+            raise SyncError(f"unknown action {entry['action']!r} for {entry['target_path']}")
+    for folder in ("models", "custom_nodes", "input"):
+        (staging / folder).mkdir(exist_ok=True)
+    (staging / ".manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    (staging / ".tree.json").write_text(json.dumps(_tree(staging), sort_keys=True))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    log("stage.done", bundle_id=bundle_id, files=len(_tree(final)))
+    return final
+
+
+def tree_intact(path: Path) -> bool:
+    record = path / ".tree.json"
+    return record.exists() and json.loads(record.read_text()) == _tree(path)
+
+
+# --- The switch and the health gate ---------------------------------------------------------------
+
+
+def _read_id(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_id(path: Path, value: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{value}\n")
+    os.replace(tmp, path)
+
+
+def switch(home: Path, bundle_id: int) -> None:
+    link = home / "current"
+    new = home / "current.new"
+    if new.is_symlink() or new.exists():
+        new.unlink()
+    new.symlink_to(Path("bundles") / str(bundle_id))
+    os.replace(new, link)  # rename(2): ComfyUI sees the old tree or the new one, never half of each
+
+
+def current_target(home: Path) -> int | None:
+    link = home / "current"
+    if not link.is_symlink():
+        return None
+    try:
+        return int(Path(os.readlink(link)).name)
+    except ValueError:
+        return None
+
+
+def instance_queue(url: str) -> int:
+    response = requests.get(url + "/prompt", timeout=HTTP_TIMEOUT)
+    response.raise_for_status()
+    return int(response.json()["exec_info"]["queue_remaining"])
+
+
+def drain(instances: list[str], *, timeout: float, log: SyncLog) -> None:
+    deadline = time.monotonic() + timeout
+    for url in instances:
+        while True:
+            try:
+                remaining = instance_queue(url)
+            except (requests.RequestException, KeyError, ValueError):
+                break  # not answering: nothing to drain
+            if remaining == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SyncError(f"drain: {url} still has {remaining} prompts after {timeout:.0f} s")
+            time.sleep(1)
+    log("drain.done", instances=instances)
+
+
+def health_problem(url: str, node_classes: list[str]) -> str | None:
+    try:
+        requests.get(url + "/system_stats", timeout=HTTP_TIMEOUT).raise_for_status()
+        response = requests.get(url + "/object_info", timeout=max(HTTP_TIMEOUT, 60))
+        response.raise_for_status()
+        known = set(response.json())
+    except (requests.RequestException, ValueError) as exc:
+        return f"{url}: {exc}"
+    missing = sorted(set(node_classes) - known)
+    return f"{url}: /object_info lacks {', '.join(missing)}" if missing else None
+
+
+def health_gate(instances: list[str], node_classes: list[str], *, timeout: float, log: SyncLog) -> None:
+    """Every instance healthy with every needed node class, within ``timeout``; SyncError if not.
+    A restarting ComfyUI refuses connections for a while, so answers are awaited; a server that
+    answers without a needed class is final."""
+    deadline = time.monotonic() + timeout
+    for url in instances:
+        while (problem := health_problem(url, node_classes)) is not None:
+            if "lacks" in problem or time.monotonic() > deadline:
+                raise SyncError(f"health gate: {problem}")
+            time.sleep(1)
+    log("health.ok", instances=instances, node_classes=len(node_classes))
+
+
+def restart(command: str, log: SyncLog) -> None:
+    if not command:
+        return
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise SyncError(f"restart command exited {result.returncode}: {result.stderr.strip()[-300:]}")
+    log("restart.done", command=command)
+
+
+# --- The commands ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    home: Path
+    instances: list[str]
+    restart_command: str = ""
+    drain_timeout: float = 600
+    health_timeout: float = 300
+    dry_run: bool = False
+
+
+def apply(server: Server, opts: Options) -> int:
+    """The algorithm in the module docstring; 0 when the bundle is applied, 1 when not (and the
+    previous one is back)."""
+    home = opts.home
+    log = SyncLog(home / LOG_NAME)
+    started = time.monotonic()
+    server.register()
+    data = server.manifest()
+    raw = data["manifest"].encode()
+    if hashlib.sha256(raw).hexdigest() != data["manifest_sha256"]:
+        raise SyncError("the manifest does not match its recorded sha256")
+    manifest = json.loads(raw)
+    bundle_id = int(manifest["bundle_id"])
+    active = _read_id(home / ".active_bundle_id")
+    if active == bundle_id and current_target(home) == bundle_id and tree_intact(home / "bundles" / str(bundle_id)):
+        log("apply.nothing_to_do", bundle_id=bundle_id)
+        if not opts.dry_run:
+            server.heartbeat(state="ready", applied=bundle_id, instances=opts.instances)
+        return 0
+    log("apply.start", bundle_id=bundle_id, active=active, entries=len(manifest["entries"]), dry_run=opts.dry_run)
+    if opts.dry_run:
+        for entry in manifest["entries"]:
+            cached = (home / "cache" / entry["sha256"]).exists()
+            log("apply.would", target_path=entry["target_path"], action=entry["action"], cached=cached)
+        return 0
+    try:
+        blobs = {
+            e["sha256"]: blob_fetch(
+                server=server, cache=home / "cache", entry=e, url=data["urls"][e["sha256"]], log=log
+            )
+            for e in manifest["entries"]
+        }
+        bundle_stage(home=home, manifest=manifest, blobs=blobs, log=log)
+    except (SyncError, OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        # Nothing switched: the host keeps running what it had.
+        log("apply.failed", bundle_id=bundle_id, stage="prepare", error=str(exc))
+        server.heartbeat(state="failed", applied=active, instances=opts.instances, error=str(exc))
+        shutil.rmtree(home / "bundles" / f"{bundle_id}.staging", ignore_errors=True)
+        return 1
+    server.heartbeat(state="applying", applied=active, instances=opts.instances)
+    previous = current_target(home)
+    try:
+        drain(opts.instances, timeout=opts.drain_timeout, log=log)
+        switch(home, bundle_id)
+        log("switch.done", bundle_id=bundle_id, previous=previous)
+        restart(opts.restart_command, log)
+        health_gate(opts.instances, data["node_classes"], timeout=opts.health_timeout, log=log)
+    except (SyncError, OSError, subprocess.TimeoutExpired) as exc:
+        return _roll_back(server, opts, log, bundle_id=bundle_id, previous=previous, error=str(exc), gate=data)
+    if active is not None and active != bundle_id:
+        _write_id(home / ".previous_bundle_id", active)
+    _write_id(home / ".active_bundle_id", bundle_id)  # last: the bundle is applied and healthy
+    seconds = round(time.monotonic() - started, 3)
+    log("apply.done", bundle_id=bundle_id, seconds=seconds)
+    server.heartbeat(state="ready", applied=bundle_id, instances=opts.instances, apply_seconds=seconds)
+    gc(home, log=log, dry_run=False)
+    return 0
+
+
+def _roll_back(
+    server: Server, opts: Options, log: SyncLog, *, bundle_id: int, previous: int | None, error: str, gate: Any
+) -> int:
+    log("apply.failed", bundle_id=bundle_id, stage="switch", error=error)
+    if previous is None:
+        (opts.home / "current").unlink(missing_ok=True)
+        log("rollback.none", bundle_id=bundle_id, note="no previous bundle on this host")
+    else:
+        switch(opts.home, previous)
+        try:
+            restart(opts.restart_command, log)
+            health_gate(opts.instances, [], timeout=opts.health_timeout, log=log)
+            log("rollback.done", bundle_id=previous, failed_bundle_id=bundle_id)
+        except (SyncError, subprocess.TimeoutExpired) as exc:
+            log("rollback.unhealthy", bundle_id=previous, error=str(exc))
+            error += f"; after rolling back to bundle {previous}: {exc}"
+    server.heartbeat(
+        state="failed", applied=_read_id(opts.home / ".active_bundle_id"), instances=opts.instances, error=error
+    )
+    return 1
+
+
+def gc(home: Path, *, log: SyncLog, dry_run: bool) -> list[str]:
+    """Delete bundle trees and cached blobs that neither the active nor the previous bundle uses."""
+    keep_ids = {str(i) for i in (_read_id(home / ".active_bundle_id"), _read_id(home / ".previous_bundle_id")) if i}
+    current = current_target(home)
+    if current is not None:
+        keep_ids.add(str(current))
+    removed: list[str] = []
+    bundles = home / "bundles"
+    needed: set[str] = set()
+    for tree in sorted(bundles.iterdir()) if bundles.exists() else []:
+        if tree.name in keep_ids and (tree / ".manifest.json").exists():
+            needed |= {e["sha256"] for e in json.loads((tree / ".manifest.json").read_text())["entries"]}
+            continue
+        removed.append(str(tree.relative_to(home)))
+        if not dry_run:
+            shutil.rmtree(tree)
+    cache = home / "cache"
+    for blob in sorted(cache.iterdir()) if cache.exists() else []:
+        # A partial download is kept: the next apply resumes it.
+        if blob.name in needed or blob.name.endswith(".part"):
+            continue
+        removed.append(str(blob.relative_to(home)))
+        if not dry_run:
+            blob.unlink()
+    log("gc.done", removed=removed, kept=sorted(keep_ids), dry_run=dry_run)
+    return removed
+
+
+def status(home: Path) -> dict[str, Any]:
+    active = _read_id(home / ".active_bundle_id")
+    return {
+        "active_bundle_id": active,
+        "previous_bundle_id": _read_id(home / ".previous_bundle_id"),
+        "current": current_target(home),
+        "intact": tree_intact(home / "bundles" / str(active)) if active else None,
+    }
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.assetsync", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", default=_env("BOOKRENDER_ASSETS_HOME", "/var/lib/bookrender-assets"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("apply", help="apply the fleet's active bundle")
+    run.add_argument("--server", default=_env("BOOKRENDER_SERVER_URL", "http://127.0.0.1:8000"))
+    run.add_argument("--fleet", default=_env("BOOKRENDER_FLEET", "gpu-default"))
+    run.add_argument(
+        "--secret-file",
+        default=_env("BOOKRENDER_FLEET_SECRET_FILE", "/etc/bookrender/fleet-secret"),
+        help="a file holding the fleet secret (never on the command line)",
+    )
+    run.add_argument("--host-name", default=_env("BOOKRENDER_HOST_NAME", socket.gethostname()))
+    run.add_argument(
+        "--instances",
+        default=_env("BOOKRENDER_HOST_INSTANCES", "http://127.0.0.1:8188"),
+        help="this host's ComfyUI base URLs, comma-separated",
+    )
+    run.add_argument("--restart-command", default=_env("BOOKRENDER_RESTART_COMMAND", ""))
+    run.add_argument("--drain-timeout", type=float, default=float(_env("BOOKRENDER_DRAIN_TIMEOUT_SEC", "600")))
+    run.add_argument("--health-timeout", type=float, default=float(_env("BOOKRENDER_HEALTH_GATE_SEC", "300")))
+    run.add_argument("--dry-run", action="store_true", help="say what would be downloaded and changed; change nothing")
+    commands.add_parser("status", help="the applied, previous and current bundle and whether the tree is intact")
+    collect = commands.add_parser("gc", help="delete trees and blobs of bundles other than the current and previous")
+    collect.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    home = Path(args.home)
+    if args.command == "status":
+        out(json.dumps(status(home), sort_keys=True))
+        return 0
+    if args.command == "gc":
+        gc(home, log=SyncLog(home / LOG_NAME), dry_run=args.dry_run)
+        return 0
+    secret = Path(args.secret_file).read_text().strip()
+    server = Server(url=args.server.rstrip("/"), fleet=args.fleet, secret=secret, host=args.host_name)
+    opts = Options(
+        home=home,
+        instances=[u.strip().rstrip("/") for u in args.instances.split(",") if u.strip()],
+        restart_command=args.restart_command,
+        drain_timeout=args.drain_timeout,
+        health_timeout=args.health_timeout,
+        dry_run=args.dry_run,
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        return apply(server, opts)
+    except (SyncError, requests.RequestException) as exc:
+        SyncLog(home / LOG_NAME)("apply.failed", stage="server", error=str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,7 +121,12 @@ def book_new(request: HttpRequest) -> HttpResponse:
     preview: list[PageSpec] = []
     if request.method == "POST" and form.is_valid():
         assert isinstance(request.user, User)
-        fields = {"title": form.cleaned_data["title"], "workflow": form.cleaned_data["workflow"], "pages": form.pages}
+        fields = {
+            "title": form.cleaned_data["title"],
+            "style": form.cleaned_data["style"],
+            "values": form.values,
+            "pages": form.pages,
+        }
         try:
             # The page count shown is the one created: text changed after the preview is shown again.
             if "confirm" not in request.POST or request.POST.get("expected_pages") != str(len(form.pages)):
@@ -254,7 +259,9 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
     return {
         "id": book.pk,
         "title": book.title,
-        "workflow": book.workflow,
+        "style": book.style.slug,
+        "workflow": str(book.workflow_version),
+        "values": book.values,
         "counts": page_counts(pages),
         "regenerate_url": reverse("books:regenerate", args=[book.pk]),
         "pages": [
@@ -392,7 +399,7 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
     book = _get_own_book(request, book_id)
     page = get_object_or_404(BookPage, book=book, number=number)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST) if request.method == "POST" else PageForm.for_page(page)
+    form = PageForm(book, request.POST) if request.method == "POST" else PageForm.for_page(page)
     if request.method == "POST" and form.is_valid():
         spec = form.spec
         try:
@@ -416,7 +423,7 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
 def page_add_view(request: HttpRequest, book_id: int) -> HttpResponse:
     book = _get_own_book(request, book_id)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST or None)
+    form = PageForm(book, request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             page = page_add(book=book, by=request.user, spec=form.spec)

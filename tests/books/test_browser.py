@@ -181,7 +181,7 @@ def test_an_admin_reruns_a_done_page_from_the_admin(
     book = book_create(
         owner=alice,
         title="The Lighthouse",
-        workflow="model-free",
+        style="model-free",
         pages=[PageSpec("A lighthouse on a cliff at dawn, watercolour"), PageSpec("A sailor [sim:validation]")],
     )
     wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 2, timeout=30)
@@ -221,7 +221,7 @@ def test_an_admin_reruns_a_done_page_from_the_admin(
 def test_the_status_page_works_without_javascript(alice, live_server, broker, browser):
     from playwright.sync_api import expect
 
-    book = book_create(owner=alice, title="Plain", workflow="model-free", pages=[PageSpec("A quiet lake")])
+    book = book_create(owner=alice, title="Plain", style="model-free", pages=[PageSpec("A quiet lake")])
     BookPage.objects.filter(book=book).update(
         status=Status.FAILED,
         needs_regeneration=True,
@@ -255,9 +255,7 @@ def test_a_page_waiting_to_retry_counts_down_and_shows_its_error(alice, live_ser
     from django.utils import timezone
     from playwright.sync_api import expect
 
-    book = book_create(
-        owner=alice, title="Waiting", workflow="model-free", pages=[PageSpec("A lake"), PageSpec("A hill")]
-    )
+    book = book_create(owner=alice, title="Waiting", style="model-free", pages=[PageSpec("A lake"), PageSpec("A hill")])
     now = timezone.now()
     error = {"attempt": 2, "kind": "unavailable", "message": "cannot reach ComfyUI", "at": now.isoformat()}
     BookPage.objects.filter(book=book, number=1).update(
@@ -298,7 +296,7 @@ def test_an_owner_looks_at_the_gallery_and_takes_the_book_away(alice, live_serve
             "A boat under stars",
             "A lighthouse at dawn [sim:validation]",
         ]
-        book = book_create(owner=alice, title="Take Away", workflow="model-free", pages=[PageSpec(p) for p in prompts])
+        book = book_create(owner=alice, title="Take Away", style="model-free", pages=[PageSpec(p) for p in prompts])
         wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 4, timeout=40)
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/{book.pk}/")
@@ -347,7 +345,7 @@ def test_a_stale_tabs_button_leads_back_to_a_working_button(alice, live_server, 
     # Its own tab: the 403 is the point here, and Chromium logs every 403 as a console error.
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
-    book = book_create(owner=alice, title="Stale", workflow="model-free", pages=[PageSpec("A lake")])
+    book = book_create(owner=alice, title="Stale", style="model-free", pages=[PageSpec("A lake")])
     BookPage.objects.filter(book=book).update(status=Status.FAILED, needs_regeneration=True)
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/{book.pk}/")
@@ -365,7 +363,7 @@ def test_a_stale_tabs_button_leads_back_to_a_working_button(alice, live_server, 
 def test_a_long_title_wraps_on_a_phone_and_in_the_admin(alice, admin_user, live_server, broker, browser):
     # One unbroken word is the hard case: nothing to wrap at but the characters themselves.
     title = "TheExtraordinarilyLongChronicleOfTheFoxWhoMappedEveryLighthouse" * 3
-    book = book_create(owner=alice, title=title, workflow="model-free", pages=[PageSpec("A lake")])
+    book = book_create(owner=alice, title=title, style="model-free", pages=[PageSpec("A lake")])
     phone = browser.new_context(viewport={"width": 390, "height": 844})
     tab = phone.new_page()
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")

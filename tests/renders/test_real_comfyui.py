@@ -129,7 +129,7 @@ def test_the_installed_custom_node_is_offered_and_runs(real_comfyui):
 
 def book_of(owner, pages: int, **overrides: int):
     specs = [PageSpec(f"page {n}, a fox by the sea", overrides=dict(overrides)) for n in range(1, pages + 1)]
-    return book_create(owner=owner, title="Real", workflow="model-free", pages=specs)
+    return book_create(owner=owner, title="Real", style="model-free", pages=specs)
 
 
 def states(book) -> list[tuple[int, str, int]]:

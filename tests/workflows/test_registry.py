@@ -33,8 +33,10 @@ PROPERTIES: list[dict[str, Any]] = [
 def sketch_graph() -> dict[str, Any]:
     """A model-free graph every ComfyUI runs, with a placeholder for each property."""
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": "{{SIZE}}", "height": "{{SIZE}}", "batch_size": 1, "color": 0}},
-        "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": "{{SEED}}", "strength": "{{GRAIN}}"}},
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": "{{SIZE}}", "height": "{{SIZE}}", "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageAddNoise",
+              "inputs": {"image": ["1", 0], "seed": "{{SEED}}", "strength": "{{GRAIN}}"}},
         "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": "{{BLUR}}", "sigma": 1.0}},
         "4": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "{{PROMPT}}, a {{MOOD}} day"}},
         "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},

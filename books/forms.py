@@ -80,7 +80,10 @@ class BookForm(forms.Form):
         label="Or a JSON file",
         required=False,
         widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
-        help_text='A list of prompts, or of objects {"prompt", "negative_prompt", "width", "height", "seed"}.',
+        help_text=(
+            'A list of prompts, or of objects {"prompt", "negative_prompt", ...} with any of the style\'s '
+            'settings by name, like "width" or "seed".'
+        ),
     )
     # The text of the file chosen on an earlier try, and its name (see the module docstring).
     kept_upload = forms.CharField(required=False, widget=forms.HiddenInput)

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from books.models import Book, BookPage
 from books.services import PageSpec, book_create
 from tests.conftest import ROOT, wait_for
+from workflows.models import Style
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -170,6 +172,74 @@ def test_a_user_creates_a_book_watches_it_render_and_regenerates_a_failed_page(
     tab.click("text=My books")
     expect(tab.locator(".books")).to_contain_text("3 / 3 done")
     tab.screenshot(path=str(ARTIFACTS / "my-books.png"), full_page=True)
+
+
+def test_a_user_picks_a_style_sees_its_settings_with_their_limits_and_fixes_an_out_of_range_value(
+    alice, live_server, simulator, start_worker, broker, tab
+):
+    from playwright.sync_api import expect
+
+    # A second style on the built-in model-free workflow: its grain is fixed, the rest is the user's.
+    version = Style.objects.get(slug="model-free").version
+    Style.objects.create(
+        name="Grainy sketch",
+        slug="grainy",
+        description="Heavy grain on every page.",
+        version=version,
+        overrides={"noise": 0.8},
+        position=50,
+    )
+    start_worker(COMFYUI_URLS=simulator.url)
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+    tab.goto(live_server.url + "/books/new")
+
+    # The first style is chosen and only its settings show; choosing another shows its own.
+    expect(tab.locator("#style-model-free")).to_be_checked()
+    expect(tab.locator("#settings-model-free")).to_be_visible()
+    expect(tab.locator("#settings-grainy")).to_be_hidden()
+    tab.click("#style-grainy")
+    expect(tab.locator("#settings-grainy")).to_be_visible()
+    expect(tab.locator("#settings-model-free")).to_be_hidden()
+    width = tab.locator("#id_grainy__width")
+    assert (width.get_attribute("type"), width.get_attribute("min"), width.get_attribute("max")) == (
+        "number",
+        "16",
+        "4096",
+    )
+    expect(width).to_have_value("768")
+    expect(tab.locator("#id_grainy__noise")).to_have_count(0)  # fixed by the style: not a field
+    expect(tab.locator("#settings-grainy")).to_contain_text("A whole number from 16 to 4096.")
+
+    # An out-of-range width is refused by name, and the choice and the text stay.
+    tab.fill("#id_title", "Grainy harbour")
+    tab.fill("#id_text", "A harbour at dawn")
+    width.fill("9999")
+    tab.fill("#id_grainy__height", "48")
+    tab.click("#check")
+    expect(tab.locator("#grainy__width-errors")).to_have_text(
+        "Width (px) is 9999: it must be a whole number from 16 to 4096."
+    )
+    expect(tab.locator("#style-grainy")).to_be_checked()
+    expect(tab.locator("#settings-grainy")).to_be_visible()
+    expect(tab.locator("#id_text")).to_have_value("A harbour at dawn")
+    tab.screenshot(path=str(ARTIFACTS / "new-book-style-error.png"), full_page=True)
+    assert not Book.objects.filter(title="Grainy harbour").exists()
+
+    # Fixed, the book is created with the style and values, and renders on the simulator.
+    tab.locator("#id_grainy__width").fill("64")
+    tab.click("#check")
+    expect(tab.locator("#preview h2")).to_have_text("This makes 1 page")
+    tab.screenshot(path=str(ARTIFACTS / "new-book-style-preview.png"), full_page=True)
+    tab.click("#confirm")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Done", timeout=RENDER_TIMEOUT_MS)
+    expect(tab.locator(".page-head .subtitle")).to_contain_text("Grainy sketch")
+    book = Book.objects.get(title="Grainy harbour")
+    assert (book.style.slug, book.workflow_version_id) == ("grainy", version.pk)
+    assert book.values == {"seed": None, "width": 64, "height": 48, "noise": 0.8}
+    page = book.pages.get()
+    with Image.open(page.image.open("rb")) as image:
+        assert image.size == (64, 48)
+    assert page.attempts.get(number=page.image_attempt).workflow == "model-free v1"
 
 
 def test_an_admin_reruns_a_done_page_from_the_admin(

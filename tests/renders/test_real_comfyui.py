@@ -19,6 +19,7 @@ from tests.conftest import wait_for
 from tests.realcomfyui import DONE_MARKER_CLASS
 from tests.renders.test_comfy_client import page_graph, render
 from tests.renders.test_crashes import report
+from tests.workflows.test_registry import check_against_object_info
 
 Status = BookPage.Status
 
@@ -213,3 +214,7 @@ def test_a_regenerate_really_runs_and_gives_new_bytes(alice, real_comfyui, start
     one, two = RenderAttempt.objects.filter(page=page).order_by("number")
     assert one.seed != two.seed and one.prompt_id != two.prompt_id
     assert page.image.read() != first  # a new seed, new noise: ComfyUI really ran it
+
+
+def test_a_workflow_is_checked_against_real_comfyuis_object_info(real_comfyui):
+    check_against_object_info(real_comfyui.url)

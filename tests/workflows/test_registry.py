@@ -10,8 +10,10 @@ from html import unescape
 from typing import Any
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from PIL import Image
 
 from books.models import Book
 from books.services import BookInputError, PageSpec, book_create, page_edit
@@ -292,3 +294,15 @@ def test_import_workflows_registers_a_folder_once_and_a_changed_file_as_a_new_ve
         call_command("import_workflows", str(tmp_path), "--check-on", simulator.url, stdout=out, stderr=err)
     assert "skipped broken: node 3: " in err.getvalue() and "no node class 'NoSuchBlur'" in err.getvalue()
     assert not Workflow.objects.filter(slug="broken").exists()
+
+
+def test_the_new_book_page_shows_a_styles_preview_served_through_the_storage(alice_client, stormy):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "navy").save(buffer, format="PNG")
+    stormy.preview.save("stormy.png", ContentFile(buffer.getvalue()))
+    html = alice_client.get("/books/new").content.decode()
+    assert '<img class="style-preview" src="/styles/stormy/preview"' in html
+    response = alice_client.get("/styles/stormy/preview")
+    assert response["Content-Type"] == "image/png"
+    assert b"".join(response.streaming_content) == buffer.getvalue()
+    assert alice_client.get("/styles/sdxl/preview").status_code == 404  # no preview

@@ -177,12 +177,31 @@ class BookPageInline(admin.TabularInline[BookPage, Book]):
 
 @admin.register(Book)
 class BookAdmin(admin.ModelAdmin[Book]):
-    list_display = ("title", "owner", "workflow", "progress", "attention", "created_at", "live_status")
-    list_filter = (BookPageStatusFilter, BookNeedsRegenerationFilter, BookInstanceFilter, "workflow")
+    list_display = ("title", "owner", "style", "progress", "attention", "created_at", "live_status")
+    list_filter = (BookPageStatusFilter, BookNeedsRegenerationFilter, BookInstanceFilter, "style__slug")
     search_fields = ("title", "owner__username", "pages__prompt")
     list_select_related = ("owner",)
-    readonly_fields = ("owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
-    fields = ("title", "owner", "workflow", "created_at", "updated_at", "live_status", "pages_link")
+    readonly_fields = (
+        "owner",
+        "style",
+        "workflow_version",
+        "values",
+        "created_at",
+        "updated_at",
+        "live_status",
+        "pages_link",
+    )
+    fields = (
+        "title",
+        "owner",
+        "style",
+        "workflow_version",
+        "values",
+        "created_at",
+        "updated_at",
+        "live_status",
+        "pages_link",
+    )
     inlines = [BookPageInline]
     actions = ["retry_failed_pages"]
 
@@ -306,7 +325,7 @@ class BookPageAdmin(admin.ModelAdmin[BookPage]):
         "latest_error",
     )
     list_display_links = ("__str__",)
-    list_filter = ("status", "needs_regeneration", PageInstanceFilter, "book__workflow")
+    list_filter = ("status", "needs_regeneration", PageInstanceFilter, "book__style__slug")
     search_fields = ("book__title", "book__owner__username", "prompt")
     list_select_related = ("book",)
     inlines = [RenderAttemptInline]

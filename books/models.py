@@ -10,8 +10,12 @@ from django.db.models import Q
 class Book(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="books")
     title = models.CharField(max_length=200)
-    # The slug of a template in renders/workflow_templates (see renders.workflows).
-    workflow = models.CharField(max_length=64)
+    # The style chosen, and the workflow version and values it was created with: a new version of
+    # the workflow, or a change to the style, never changes a book that exists.
+    style = models.ForeignKey("workflows.Style", on_delete=models.PROTECT, related_name="books")
+    workflow_version = models.ForeignKey("workflows.WorkflowVersion", on_delete=models.PROTECT, related_name="books")
+    # Property name -> value, every property but the primary input (workflows.services.book_values).
+    values = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # When the owner was last told the book settled (finished, or needs attention): one notice per
@@ -43,7 +47,7 @@ class BookPage(models.Model):
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True, default="")
-    # Per-page overrides of the workflow's defaults: {"width": int, "height": int, "seed": int}.
+    # The page's own property values, over the book's: {"width": 512, "seed": 7, ...}.
     overrides = models.JSONField(default=dict, blank=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)

@@ -14,7 +14,9 @@ from django.db.models import F, Max
 from books.models import Book, BookPage, PageVersion
 from books.ratelimit import rate_limit_hit
 from renders.services import pages_enqueue
-from renders.workflows import MAX_SIZE, MIN_SIZE, WorkflowError, workflow_get
+from workflows.models import Style
+from workflows.properties import PropertyValuesError, Value
+from workflows.services import StyleError, book_values, page_overrides_check, style_get_offered
 
 # A book is a few dozen pages; the limit stops a runaway upload from flooding the GPUs.
 MAX_PAGES = 500
@@ -40,15 +42,17 @@ class BookInputError(ValueError):
 class PageSpec:
     prompt: str
     negative_prompt: str = ""
-    overrides: dict[str, int] = field(default_factory=dict)
+    # The page's own property values ({"width": 512, "seed": 7}), checked against the book's style.
+    overrides: dict[str, Any] = field(default_factory=dict)
     # A stored input image's name (books.inputs.input_image_store); "" for none.
     input_image: str = ""
 
 
-def pages_from_json(data: Any) -> list[PageSpec]:
+def pages_from_json(data: Any, *, style: Style | None = None) -> list[PageSpec]:
     """Pages from an uploaded JSON document: a list of prompts, or of objects
-    ``{"prompt", "negative_prompt"?, "width"?, "height"?, "seed"?}``, or ``{"pages": [...]}``.
-    Every page is checked in one pass (layout, types, empty and too-long prompts), so a person
+    ``{"prompt", "negative_prompt"?, <property>?...}`` (``width``, ``height``, ``seed``, or any
+    setting of the chosen style), or ``{"pages": [...]}``. Every page is checked in one pass
+    (layout, types, empty and too-long prompts, and with ``style`` its settings), so a person
     fixes the file once; a prompt that is not a string is refused, never turned into "None"."""
     if isinstance(data, dict) and "pages" in data:
         data = data["pages"]
@@ -65,9 +69,6 @@ def pages_from_json(data: Any) -> list[PageSpec]:
         if not isinstance(item, dict):
             errors[f"page {number}"] = "expected a prompt string or an object with a 'prompt'"
             continue
-        unknown = set(item) - {"prompt", "negative_prompt", "width", "height", "seed"}
-        if unknown:
-            problems.append(f"unknown field {', '.join(sorted(unknown))}")
         prompt, negative = item.get("prompt"), item.get("negative_prompt", "")
         if not isinstance(prompt, str):
             problems.append("the prompt must be text in quotes" if "prompt" in item else "the prompt is missing")
@@ -77,15 +78,12 @@ def pages_from_json(data: Any) -> list[PageSpec]:
         if not isinstance(negative, str):
             problems.append("the negative prompt must be text in quotes")
             negative = ""
-        overrides: dict[str, int] = {}
-        for key in ("width", "height", "seed"):
-            if key in item:
-                value = item[key]
-                low, high = (0, 2**32 - 1) if key == "seed" else (MIN_SIZE, MAX_SIZE)
-                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                    problems.append(f"{key} must be a whole number from {low} to {high}")
-                else:
-                    overrides[key] = value
+        overrides = {key: value for key, value in item.items() if key not in ("prompt", "negative_prompt")}
+        if style is not None and overrides:
+            try:
+                page_overrides_check(version=style.version, fixed=style.overrides, overrides=overrides)
+            except PropertyValuesError as exc:
+                problems.extend(exc.errors.values())
         if problems:
             errors[f"page {number}"] = "; ".join(problems)
         else:
@@ -113,41 +111,64 @@ def prompt_problem(prompt: str) -> str:
     return ""
 
 
-def book_check(*, title: str, workflow: str, pages: list[PageSpec]) -> None:
-    """Raise BookInputError naming every problem that would stop ``book_create``; the New book
-    page calls it before it shows the page count, so nothing is created until the person agrees."""
+def book_check(
+    *, title: str, style: str | Style, pages: list[PageSpec], values: dict[str, Any] | None = None
+) -> tuple[Style, dict[str, Value]]:
+    """The style and the values a new book would record, or BookInputError naming every problem
+    that would stop ``book_create`` (keys: "title", "style", "value:<property>", "pages",
+    "page 3"). The New book page calls it before it shows the page count, so nothing is created
+    until the person agrees."""
     errors: dict[str, str] = {}
     if not title.strip():
         errors["title"] = "a book needs a title"
     elif len(title) > 200:
         errors["title"] = "at most 200 characters"
+    chosen: Style | None = None
+    recorded: dict[str, Value] = {}
     try:
-        workflow_get(workflow)
-    except WorkflowError as exc:
-        errors["workflow"] = str(exc)
+        chosen = style_get_offered(style if isinstance(style, str) else style.slug)
+        recorded = book_values(style=chosen, chosen=values or {})
+    except StyleError as exc:
+        errors["style"] = str(exc)
+    except PropertyValuesError as exc:
+        errors.update({f"value:{name}": message for name, message in exc.errors.items()})
     if not pages:
         errors["pages"] = "a book needs at least one page"
     elif len(pages) > MAX_PAGES:
         errors["pages"] = f"{len(pages)} pages is more than the limit of {MAX_PAGES} per book"
     for number, spec in enumerate(pages[:MAX_PAGES], start=1):
-        if problem := prompt_problem(spec.prompt):
+        problems = [prompt_problem(spec.prompt)]
+        if chosen is not None and spec.overrides:
+            try:
+                page_overrides_check(version=chosen.version, fixed=chosen.overrides, overrides=spec.overrides)
+            except PropertyValuesError as exc:
+                problems.extend(exc.errors.values())
+        if problem := "; ".join(p for p in problems if p):
             errors[f"page {number}"] = problem
-    if errors:
+    if errors or chosen is None:
         raise BookInputError(errors)
+    return chosen, recorded
 
 
-def book_create(*, owner: User, title: str, workflow: str, pages: list[PageSpec]) -> Book:
-    """Create a book and queue every page."""
-    book_check(title=title, workflow=workflow, pages=pages)
+def book_create(
+    *, owner: User, title: str, style: str | Style, pages: list[PageSpec], values: dict[str, Any] | None = None
+) -> Book:
+    """Create a book in ``style`` (its slug, or the row) with the owner's ``values`` for the
+    style's settings, and queue every page."""
+    chosen, recorded = book_check(title=title, style=style, pages=pages, values=values)
     with transaction.atomic():
-        book = Book.objects.create(owner=owner, title=title.strip(), workflow=workflow)
+        book = Book.objects.create(
+            owner=owner, title=title.strip(), style=chosen, workflow_version=chosen.version, values=recorded
+        )
         BookPage.objects.bulk_create(
             BookPage(
                 book=book,
                 number=number,
                 prompt=spec.prompt.strip(),
                 negative_prompt=spec.negative_prompt.strip(),
-                overrides=spec.overrides,
+                overrides=page_overrides_check(
+                    version=chosen.version, fixed=chosen.overrides, overrides=spec.overrides
+                ),
                 input_image=spec.input_image,
             )
             for number, spec in enumerate(pages, start=1)
@@ -259,18 +280,22 @@ class PageEditError(ValueError):
         self.errors = errors
 
 
-def page_spec_check(*, prompt: str, negative_prompt: str, overrides: dict[str, int]) -> dict[str, str]:
-    """The problems of a page's settings, by field; empty when there are none."""
+def page_spec_check(
+    *, book: Book, prompt: str, negative_prompt: str, overrides: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Value]]:
+    """The problems of a page's settings, by field (empty when there are none), and its
+    overrides checked against the book's workflow version."""
     errors: dict[str, str] = {}
+    checked: dict[str, Value] = {}
     if problem := prompt_problem(prompt):
         errors["prompt"] = problem
     if len(negative_prompt) > MAX_PROMPT_CHARS:
         errors["negative_prompt"] = f"the negative prompt is longer than {MAX_PROMPT_CHARS} characters"
-    for key, value in overrides.items():
-        low, high = (0, 2**32 - 1) if key == "seed" else (MIN_SIZE, MAX_SIZE)
-        if not low <= value <= high:
-            errors[key] = f"{key} must be a whole number from {low} to {high}"
-    return errors
+    try:
+        checked = page_overrides_check(version=book.workflow_version, fixed=book.style.overrides, overrides=overrides)
+    except PropertyValuesError as exc:
+        errors.update(exc.errors)
+    return errors, checked
 
 
 def page_edit(
@@ -279,7 +304,7 @@ def page_edit(
     by: User,
     prompt: str,
     negative_prompt: str,
-    overrides: dict[str, int],
+    overrides: dict[str, Any],
     input_image: str | None = None,
 ) -> RegenerateResult:
     """Change a Done, failed or cancelled page's prompt, negative prompt, seed and size, then render it again
@@ -289,7 +314,9 @@ def page_edit(
     page's, None to keep it."""
     from books.inputs import input_images_delete_unused
 
-    errors = page_spec_check(prompt=prompt, negative_prompt=negative_prompt, overrides=overrides)
+    errors, overrides = page_spec_check(
+        book=page.book, prompt=prompt, negative_prompt=negative_prompt, overrides=overrides
+    )
     if errors:
         raise PageEditError(errors)
     fields: dict[str, Any] = {
@@ -313,7 +340,9 @@ def page_edit(
 
 def page_add(*, book: Book, by: User, spec: PageSpec) -> BookPage:
     """Add a page at the end of the book and queue it."""
-    errors = page_spec_check(prompt=spec.prompt, negative_prompt=spec.negative_prompt, overrides=spec.overrides)
+    errors, overrides = page_spec_check(
+        book=book, prompt=spec.prompt, negative_prompt=spec.negative_prompt, overrides=spec.overrides
+    )
     if errors:
         raise PageEditError(errors)
     with transaction.atomic():
@@ -327,7 +356,7 @@ def page_add(*, book: Book, by: User, spec: PageSpec) -> BookPage:
             number=last + 1,
             prompt=spec.prompt.strip(),
             negative_prompt=spec.negative_prompt.strip(),
-            overrides=spec.overrides,
+            overrides=overrides,
             input_image=spec.input_image,
         )
         pages_enqueue(page_ids=[page.pk], by=f"user:{by.pk}", reason="add")
@@ -375,7 +404,8 @@ def page_move(*, page: BookPage, by: int) -> int:
 
 
 def book_duplicate(*, book: Book, by: User) -> Book:
-    """A new book of ``by`` with the same title (marked as a copy), workflow and pages, queued."""
+    """A new book of ``by`` with the same title (marked as a copy), style, values and pages,
+    queued. It keeps the original's workflow version and values even if the style has moved on."""
     title = f"{book.title} (copy)"
     if len(title) > 200:
         title = book.title[: 200 - len("… (copy)")] + "… (copy)"
@@ -388,7 +418,24 @@ def book_duplicate(*, book: Book, by: User) -> Book:
         )
         for page in book.pages.order_by("number")
     ]
-    return book_create(owner=by, title=title, workflow=book.workflow, pages=pages)
+    with transaction.atomic():
+        copy = Book.objects.create(
+            owner=by, title=title, style=book.style, workflow_version=book.workflow_version, values=book.values
+        )
+        BookPage.objects.bulk_create(
+            BookPage(
+                book=copy,
+                number=number,
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt,
+                overrides=spec.overrides,
+                input_image=spec.input_image,
+            )
+            for number, spec in enumerate(pages, start=1)
+        )
+        page_ids = list(copy.pages.order_by("number").values_list("pk", flat=True))
+        pages_enqueue(page_ids=page_ids, by=f"user:{by.pk}", reason="create")
+    return copy
 
 
 def book_delete(*, book: Book) -> None:

@@ -19,7 +19,7 @@ from books.errors import error_advice, error_in_plain_words, error_public, error
 from books.models import Book, BookPage, PageVersion
 from renders.estimates import book_estimate
 from renders.models import ComfyInstance, RenderAttempt
-from renders.workflows import Workflow, WorkflowError, workflow_get
+from workflows.services import page_values
 
 Status = BookPage.Status
 ACTIVE = (Status.QUEUED, Status.RENDERING)
@@ -37,10 +37,6 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
     (or pending, done) shows only those pages; the counts are always the whole book's."""
     pages = list(book.pages.order_by("number"))
     counts = page_counts(pages)
-    try:
-        workflow: Workflow | None = workflow_get(book.workflow)
-    except WorkflowError:
-        workflow = None
     if request.user.pk == book.owner_id:
         actions = "owner"
     elif request.user.has_perm("books.change_bookpage"):
@@ -60,7 +56,6 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         "pages": [
             page_view(
                 page,
-                workflow=workflow,
                 waits=context,
                 success=successes.get(page.pk),
                 internals=request.user.is_staff,
@@ -74,7 +69,7 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         "estimate": (
             book_estimate(book_id=book.pk, pages=pages) if counts[Status.QUEUED] + counts[Status.RENDERING] else None
         ),
-        "workflow_title": workflow.title if workflow else book.workflow,
+        "workflow_title": book.style.name,
         "actions": actions,
         "filter": chosen if chosen in FILTERS else "",
         "filters": [(key, label, sum(counts[s] for s in statuses)) for key, (label, statuses) in FILTERS.items()],
@@ -114,7 +109,6 @@ def page_counts(pages: list[BookPage]) -> dict[str, int]:
 def page_view(
     page: BookPage,
     *,
-    workflow: Workflow | None,
     waits: _WaitContext,
     success: RenderAttempt | None,
     internals: bool = False,
@@ -148,7 +142,7 @@ def page_view(
         "wait": wait,
         # Every successful render is kept; with more than one, the card offers the others.
         "versions": versions if versions and len(versions) > 1 else [],
-        "drawn_with": _drawn_with(page, workflow, success) if page.image else None,
+        "drawn_with": _drawn_with(page, success) if page.image else None,
         # Changes whenever the card would look different, so the script replaces only those cards.
         "version": "-".join(
             str(part)
@@ -228,10 +222,9 @@ def _successful_attempts(pages: list[BookPage]) -> dict[int, RenderAttempt]:
     return {attempt.page_id: attempt for attempt in RenderAttempt.objects.filter(wanted)}
 
 
-def _drawn_with(page: BookPage, workflow: Workflow | None, success: RenderAttempt | None) -> dict[str, Any]:
-    defaults = workflow.defaults if workflow else {}
-    width = page.overrides.get("width") or defaults.get("width")
-    height = page.overrides.get("height") or defaults.get("height")
+def _drawn_with(page: BookPage, success: RenderAttempt | None) -> dict[str, Any]:
+    values = page_values(page)
+    width, height = values.get("width"), values.get("height")
     started: datetime | None = success.started_at or success.submitted_at or success.created_at if success else None
     finished = (success.comfy_finished_at or success.finished_at) if success else None
     return {

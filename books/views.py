@@ -127,7 +127,8 @@ def book_new(request: HttpRequest) -> HttpResponse:
         try:
             fields = {
                 "title": form.cleaned_data["title"],
-                "workflow": form.cleaned_data["workflow"],
+                "style": form.cleaned_data["style"],
+                "values": form.values,
                 "pages": form.pages_with_inputs(),
             }
             # The page count shown is the one created: text changed after the preview is shown again.
@@ -290,7 +291,9 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
     return {
         "id": book.pk,
         "title": book.title,
-        "workflow": book.workflow,
+        "style": book.style.slug,
+        "workflow": str(book.workflow_version),
+        "values": book.values,
         "counts": page_counts(pages),
         "regenerate_url": reverse("books:regenerate", args=[book.pk]),
         "pages": [
@@ -438,7 +441,7 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
     book = _get_own_book(request, book_id)
     page = get_object_or_404(BookPage, book=book, number=number)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST, request.FILES) if request.method == "POST" else PageForm.for_page(page)
+    form = PageForm(book, request.POST, request.FILES) if request.method == "POST" else PageForm.for_page(page)
     if request.method == "POST" and form.is_valid():
         spec = form.spec
         try:
@@ -465,7 +468,7 @@ def page_edit_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
 def page_add_view(request: HttpRequest, book_id: int) -> HttpResponse:
     book = _get_own_book(request, book_id)
     assert isinstance(request.user, User)
-    form = PageForm(request.POST or None, request.FILES or None)
+    form = PageForm(book, request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
             spec = replace(form.spec, input_image=form.input_image_name() or "")

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "books",
     "renders",
+    "workflows",
     "fleets",
 ]
 
@@ -260,6 +261,7 @@ COMFY_VRAM_WAIT_MAX_SEC = env_float("COMFY_VRAM_WAIT_MAX_SEC", 300, minimum=1)
 BOOKRENDER_PAGE_VERSIONS_KEPT = env_int("BOOKRENDER_PAGE_VERSIONS_KEPT", 10, minimum=1)
 # The most a worker reads from /view for one image; a larger answer is a protocol error.
 COMFY_MAX_IMAGE_MB = env_int("COMFY_MAX_IMAGE_MB", 128, minimum=1)
+# Retired (workflows live in the database): read only so that renders.E004 can say what to do.
 BOOKRENDER_WORKFLOWS_DIR = env_str("BOOKRENDER_WORKFLOWS_DIR", "")
 # Where ComfyUI's models live, for the disk-space metric and alert (empty: not watched).
 BOOKRENDER_MODEL_DIR = env_str("BOOKRENDER_MODEL_DIR", "")

@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 from books.signin import AdminSignInForm, SignInForm
 from books.views import admin_regenerate_page
 from renders.views import healthz, metrics
+from workflows.views import style_preview
 
 # Failed sign-ins are limited per username on both login pages (books/signin.py).
 admin.site.login_form = AdminSignInForm
@@ -29,5 +30,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("styles/<slug:slug>/preview", style_preview, name="style_preview"),
     path("", include("books.urls")),
 ]

@@ -15,7 +15,7 @@ from fleets.assets import AssetError, asset_delete, asset_store
 from fleets.bundles import BundleError, bundle_entry_add, bundle_publish
 from fleets.models import Activation, Asset, Bundle, BundleEntry, Fleet, FleetWorkflow, Host
 from fleets.services import ActivationError, fleet_activate, fleet_create, fleet_rollback, fleet_secret_rotate
-from renders.workflows import workflow_choices
+from workflows.services import workflow_choices
 
 
 class AssetUploadForm(forms.ModelForm[Asset]):

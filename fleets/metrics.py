@@ -38,7 +38,9 @@ def fleet_metrics() -> Iterator[Metric]:
     now = timezone.now()
     for fleet in Fleet.objects.all():
         slugs = FleetWorkflow.objects.filter(fleet=fleet).values("workflow_slug")
-        waiting = BookPage.objects.filter(status=BookPage.Status.QUEUED, book__workflow__in=slugs)
+        waiting = BookPage.objects.filter(
+            status=BookPage.Status.QUEUED, book__workflow_version__workflow__slug__in=slugs
+        )
         summary = waiting.aggregate(n=Count("pk"), since=Min(Coalesce("published_at", "created_at")))
         queued.add_metric([fleet.slug], summary["n"])
         since = summary["since"]

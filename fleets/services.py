@@ -15,7 +15,8 @@ from fleets.models import Activation, Asset, Bundle, Fleet, FleetWorkflow
 from fleets.needs import Entry, needs_missing, workflow_needs
 from renders.comfy import ComfyClient, ComfyError
 from renders.models import ComfyInstance
-from renders.workflows import WorkflowError, workflow_get
+from renders.workflows import WorkflowError
+from workflows.services import workflow_graph
 
 log = logging.getLogger("bookrender.fleets")
 
@@ -46,7 +47,7 @@ def fleet_secret_rotate(*, fleet: Fleet, grace_sec: float = 3600) -> str:
 
 
 def fleet_workflow_assign(*, fleet: Fleet, workflow_slug: str) -> FleetWorkflow:
-    workflow_get(workflow_slug)  # WorkflowError for a name no template has
+    workflow_graph(workflow_slug)  # WorkflowError for a workflow nobody registered
     assignment, _ = FleetWorkflow.objects.get_or_create(fleet=fleet, workflow_slug=workflow_slug)
     return assignment
 
@@ -58,7 +59,7 @@ def object_info_any() -> dict[str, Any]:
     for url in ComfyInstance.objects.filter(enabled=True, state=ComfyInstance.State.UP).values_list("url", flat=True):
         client = ComfyClient(url, timeout=settings.COMFY_HTTP_TIMEOUT_SEC)
         try:
-            return client.object_info()
+            return client.object_info_raw()
         except ComfyError as exc:
             problems.append(f"{url}: {exc}")
         finally:
@@ -81,7 +82,7 @@ def bundle_missing_for(*, fleet: Fleet, bundle: Bundle, object_info: dict[str, A
     problems = []
     for slug in fleet.workflows.values_list("workflow_slug", flat=True):
         try:
-            graph = workflow_get(slug).graph
+            graph = workflow_graph(slug)
         except WorkflowError as exc:
             problems.append(f"workflow {slug!r}: {exc}")
             continue

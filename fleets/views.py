@@ -21,7 +21,8 @@ from fleets.assets import CHUNK, SHA256_RE, assets_storage
 from fleets.bundles import BundleError, bundle_manifest
 from fleets.hosts import InstanceReading, Refused, host_for_token, host_heartbeat, host_register, signed_request_check
 from fleets.models import Asset, Bundle, BundleEntry, Host
-from renders.workflows import WorkflowError, workflow_get
+from renders.workflows import WorkflowError
+from workflows.services import workflow_graph
 
 log = logging.getLogger("bookrender.fleets")
 _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -120,7 +121,7 @@ def manifest(request: HttpRequest, host: Host) -> HttpResponse:
     node_classes: set[str] = set()
     for slug in host.fleet.workflows.values_list("workflow_slug", flat=True):
         try:
-            node_classes |= {node["class_type"] for node in workflow_get(slug).graph.values()}
+            node_classes |= {node["class_type"] for node in workflow_graph(slug).values()}
         except WorkflowError:
             continue
     return JsonResponse(

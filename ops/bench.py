@@ -218,9 +218,9 @@ def memory(workdir: Path) -> dict[str, float]:
 def naive_baseline(workdir: Path) -> float:
     """The loop seed 004 §1.3 sketches: one page at a time, submit, poll /history every 2 s,
     fetch the image. Same pages, same render time, one ComfyUI."""
-    from renders.workflows import workflow_get
+    from renders.workflows import template_load
 
-    workflow = workflow_get("model-free")
+    workflow = template_load("model-free")
     with livestack.simulators(1, workdir=workdir / "naive", args=["--render-time", str(RENDER_S)]) as sims:
         server = sims[0].url
         started = time.monotonic()

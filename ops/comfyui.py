@@ -155,11 +155,10 @@ def install_name(source: Source, commit: str) -> str:
 
 
 def workflow_node_classes() -> set[str]:
-    """Every node class the configured workflow templates use."""
-    from renders.workflows import workflow_load_all
+    """Every node class the registered workflows use (workflows.services.graphs_in_use)."""
+    from workflows.services import graphs_in_use
 
-    found, _errors = workflow_load_all()
-    return {str(node["class_type"]) for workflow in found.values() for node in workflow.graph.values()}
+    return {str(node["class_type"]) for _label, graph in graphs_in_use() for node in graph.values()}
 
 
 def free_port() -> int:

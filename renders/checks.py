@@ -116,12 +116,19 @@ def check_flower_login(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility)
 def check_workflows(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
-    from renders.workflows import workflow_load_all
+    from renders.workflows import BUILTIN_DIR, workflow_load_dir
 
-    found, errors = workflow_load_all()
+    # The built-in templates are seeded into the registry: a broken one would break migrate.
+    _found, errors = workflow_load_dir(BUILTIN_DIR)
     messages: list[CheckMessage] = [Error(str(exc), id="renders.E003") for exc in errors]
-    if not found:
-        messages.append(Error("no usable workflow template", id="renders.E004"))
+    if settings.BOOKRENDER_WORKFLOWS_DIR:
+        messages.append(
+            Error(
+                "BOOKRENDER_WORKFLOWS_DIR is no longer read: workflows live in the database now",
+                hint="Register the folder's templates once with `manage.py import_workflows DIR`, then unset it.",
+                id="renders.E004",
+            )
+        )
     return messages
 
 

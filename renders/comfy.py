@@ -550,10 +550,11 @@ class ComfyClient:
 
     def node_classes(self) -> set[str]:
         """The node class names in ComfyUI's /object_info: every node this server can run."""
-        return set(self.object_info())
+        return set(self.object_info_raw())
 
-    def object_info(self) -> dict[str, Any]:
-        """ComfyUI's /object_info: each node class with its inputs (and a combo input's choices)."""
+    def object_info_raw(self) -> dict[str, Any]:
+        """ComfyUI's /object_info as sent: each node class with its inputs (and a combo input's
+        choices: the model files it has). ``object_info`` reads it into NodeClass records."""
         # /object_info describes ~500 classes and takes seconds on a cold server.
         response = self._request("GET", "/object_info", timeout=max(self.timeout, 60.0))
         data = self._json(response, "GET /object_info")
@@ -577,6 +578,16 @@ class ComfyClient:
             raise self._protocol("POST /upload/image", data_out)
         folder = str(data_out.get("subfolder") or "")
         return f"{folder}/{data_out['name']}" if folder else str(data_out["name"])
+
+    def object_info(self) -> dict[str, NodeClass]:
+        """Every node class this server can run, with its required inputs and whether it is an
+        output node: what a workflow is checked against before it is registered."""
+        response = self._request("GET", "/object_info", timeout=max(self.timeout, 60.0))
+        data = self._json(response, "GET /object_info")
+        try:
+            return node_classes_parse(data)
+        except ValueError:
+            raise self._protocol("GET /object_info", data) from None
 
     def view(self, image: OutputImage) -> bytes:
         response = self._request(
@@ -857,3 +868,26 @@ def _snippet(text: str, limit: int = 200) -> str:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    """One node class as ``/object_info`` describes it: what the graph needs to be valid."""
+
+    required: frozenset[str]
+    is_output: bool
+
+
+def node_classes_parse(data: Any) -> dict[str, NodeClass]:
+    """``/object_info`` as NodeClass records; raises ValueError on an answer of another shape."""
+    if not isinstance(data, dict):
+        raise ValueError("/object_info is not a JSON object")
+    found = {}
+    for name, info in data.items():
+        if not isinstance(info, dict):
+            raise ValueError(f"/object_info: {name!r} is not an object")
+        required = (info.get("input") or {}).get("required") or {}
+        if not isinstance(required, dict):
+            raise ValueError(f"/object_info: {name!r} has required inputs that are not an object")
+        found[name] = NodeClass(required=frozenset(required), is_output=bool(info.get("output_node")))
+    return found

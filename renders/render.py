@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import random
 import time
 from datetime import datetime
 from typing import Any
@@ -53,7 +52,7 @@ from renders.services import (
     prompt_id_for,
 )
 from renders.telemetry import telemetry_finalize
-from renders.workflows import WorkflowError, workflow_get
+from workflows.services import page_graph, page_seed
 
 log = logging.getLogger("bookrender.render")
 # How long a page whose GPU is short of memory waits before it is tried again.
@@ -147,13 +146,9 @@ def _render_claimed(claim: Claim) -> str:
         record = RenderAttempt.objects.filter(page=page, number=claim.attempt).first()
         if record is not None:
             return _resume(claim, record)
-    try:
-        workflow = workflow_get(page.book.workflow)
-    except WorkflowError as exc:
-        error = ComfyError(ErrorKind.VALIDATION, str(exc), retryable=False)
-        return page_fail(claim=claim, error=error, record=None)
-    if not workflow_runnable(workflow=workflow.slug):
-        message = f"no ComfyUI can run the workflow {workflow.slug!r}: no fleet has it assigned"
+    workflow_slug = page.book.workflow_version.workflow.slug
+    if not workflow_runnable(workflow=workflow_slug):
+        message = f"no ComfyUI can run the workflow {workflow_slug!r}: no fleet has it assigned"
         return page_fail(claim=claim, error=ComfyError(ErrorKind.VALIDATION, message, retryable=False), record=None)
     try:
         chosen = _slot_wait(claim)
@@ -172,7 +167,7 @@ def _render_claimed(claim: Claim) -> str:
         if exc.kind is ErrorKind.UNAVAILABLE:
             instance_failed(url=instance, error=exc.message)
         return page_fail(claim=claim, error=exc, record=None, telemetry=telemetry)
-    seed = int(page.overrides.get("seed") or random.randrange(2**32))
+    seed = page_seed(page)
     # The prompt id and instance are recorded before submitting: a worker lost from here on
     # leaves enough behind for the next one to find the prompt on ComfyUI instead of resubmitting.
     record = RenderAttempt(
@@ -181,7 +176,7 @@ def _render_claimed(claim: Claim) -> str:
         prompt_id=prompt_id_for(page, claim.attempt),
         client_id=client.client_id,
         instance_url=instance,
-        workflow=workflow.slug,
+        workflow=str(page.book.workflow_version),
         seed=seed,
         telemetry=telemetry,
     )
@@ -219,14 +214,11 @@ def _submit(claim: Claim, record: RenderAttempt, client: ComfyClient, telemetry:
     if it never appears is the graph sent again (under the same prompt id)."""
     page = claim.page
     prompt_id = str(record.prompt_id)
-    graph = workflow_get(page.book.workflow).fill(
-        prompt=page.prompt,
-        negative_prompt=page.negative_prompt,
+    graph = page_graph(
+        page,
         seed=record.seed,
         filename_prefix=f"bookrender/book-{page.book_id}/page-{page.number:04d}-a{record.number}-{prompt_id[:8]}",
-        width=page.overrides.get("width"),
-        height=page.overrides.get("height"),
-    )
+    ).graph
     extra = {"bookrender": {"page": page.pk, "attempt": record.number}}
     claim.check()
     if graph_needs_input(graph):
@@ -348,7 +340,7 @@ def _finish_entry(
     )
     if entry.error is not None:
         raise entry.error
-    workflow = workflow_get(claim.page.book.workflow)
+    workflow = claim.page.book.workflow_version
     images = entry.images_of(workflow.output_node)
     if not images:
         raise ComfyError(

@@ -86,7 +86,7 @@ def slot_acquire(
                 return None
         else:
             if any(i.host_id is not None for i in instances):
-                capable = fleet_hosts_capable(workflow=page.book.workflow)
+                capable = fleet_hosts_capable(workflow=page.book.workflow_version.workflow.slug)
                 instances = [i for i in instances if i.host_id is None or i.host_id in capable]
             live = Counter(
                 InstanceSlot.objects.filter(expires_at__gt=Now(), instance__in=instances)

@@ -59,6 +59,15 @@ def _own_media_root(settings: Any, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+def builtin_style(slug: str = "model-free") -> dict[str, Any]:
+    """The style and workflow version fields of a Book made with ``Book.objects.create``: one of
+    the built-in styles (seeded by migration, and again after every flush)."""
+    from workflows.models import Style
+
+    style = Style.objects.select_related("version").get(slug=slug)
+    return {"style": style, "workflow_version": style.version}
+
+
 @pytest.fixture
 def alice(db: None) -> User:
     return User.objects.create_user("alice", password="alice-password")

@@ -93,11 +93,10 @@ def test_it_refuses_a_task_limit_shorter_than_the_render_timeout():
     assert "renders.E013" in result.stderr and result.returncode != 0
 
 
-def test_it_refuses_a_broken_workflow_template(tmp_path: Path):
-    (tmp_path / "broken.json").write_text('{"prompt": {')
+def test_it_says_what_to_do_when_the_retired_workflows_folder_is_set(tmp_path: Path):
     result = manage_check(BOOKRENDER_WORKFLOWS_DIR=str(tmp_path))
     assert result.returncode != 0
-    assert "renders.E003" in result.stderr and "broken" in result.stderr and "not valid JSON" in result.stderr
+    assert "renders.E004" in result.stderr and "import_workflows" in result.stderr
 
 
 def test_it_refuses_sqlite_when_postgres_is_required(tmp_path: Path):

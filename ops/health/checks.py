@@ -39,7 +39,6 @@ from ops.health.thresholds import (
 )
 from renders.comfy import ComfyClient, ComfyError
 from renders.gpu import LOCAL_HOSTS, nvml_read
-from renders.workflows import workflow_load_all
 
 
 class Status(StrEnum):
@@ -357,10 +356,11 @@ def check_models(ctx: Context) -> list[Result]:
 
 
 def _workflow_models() -> list[tuple[str, str]]:
-    found, _ = workflow_load_all()
+    from workflows.services import graphs_in_use
+
     needed = []
-    for slug, workflow in sorted(found.items()):
-        for node in workflow.graph.values():
+    for slug, graph in graphs_in_use():
+        for node in graph.values():
             for value in node.get("inputs", {}).values():
                 if isinstance(value, str) and value.lower().endswith(MODEL_SUFFIXES):
                     needed.append((slug, value))

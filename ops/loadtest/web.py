@@ -41,13 +41,13 @@ class WebClient:
         if response.status_code != 302:
             raise WebError(f"signing in as {username} answered {response.status_code}, not a redirect")
 
-    def create_book(self, *, title: str, pages: list[dict[str, Any]], workflow: str = "model-free") -> int:
+    def create_book(self, *, title: str, pages: list[dict[str, Any]], style: str = "model-free") -> int:
         """POST /books/new with the pages as a JSON upload; returns the new book's id. ``confirm`` with
         the page count skips the preview a person sees first (the count must match, or nothing is
         created)."""
         data = {
             "title": title,
-            "workflow": workflow,
+            "style": style,
             "text": "",
             "confirm": "1",
             "expected_pages": str(len(pages)),

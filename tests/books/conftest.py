@@ -43,7 +43,7 @@ def book(alice: User) -> Book:
     return book_create(
         owner=alice,
         title="The Fox",
-        workflow="model-free",
+        style="model-free",
         pages=[PageSpec("A fox at dawn"), PageSpec("A heron in fog"), PageSpec("A boat under stars")],
     )
 

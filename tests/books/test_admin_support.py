@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 def test_searching_books_by_prompt_does_not_multiply_the_counts(root_client, alice):
     book = book_create(
-        owner=alice, title="Twelve", workflow="model-free", pages=[PageSpec(f"a fox {n}") for n in range(12)]
+        owner=alice, title="Twelve", style="model-free", pages=[PageSpec(f"a fox {n}") for n in range(12)]
     )
     page_set(book, 1, "done")
     response = root_client.get("/admin/books/book/", {"q": "fox"})
@@ -33,7 +33,7 @@ def test_needs_regeneration_is_a_red_badge_not_a_green_tick(root_client, book):
 
 
 def test_a_book_of_500_pages_can_be_saved_in_the_admin(root_client, alice):
-    book = book_create(owner=alice, title="Long", workflow="model-free", pages=[PageSpec(f"p{n}") for n in range(500)])
+    book = book_create(owner=alice, title="Long", style="model-free", pages=[PageSpec(f"p{n}") for n in range(500)])
     form = root_client.get(f"/admin/books/book/{book.pk}/change/")
     html = form.content.decode()
     assert "500 pages</a> (more than 200: listed on their own page)" in html
@@ -83,7 +83,7 @@ def test_the_admin_delete_action_deletes_the_files_of_every_selected_book(
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
-    other = book_create(owner=alice, title="Other", workflow="model-free", pages=[PageSpec("x")])
+    other = book_create(owner=alice, title="Other", style="model-free", pages=[PageSpec("x")])
     names = []
     for each in (book, other):
         names.append(default_storage.save(f"pages/book-{each.pk}/page-0001-attempt-1.png", ContentFile(b"png")))

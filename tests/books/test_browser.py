@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from books.models import Book, BookPage
 from books.services import PageSpec, book_create
 from tests.conftest import ROOT, wait_for
+from workflows.models import Style
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -172,6 +174,74 @@ def test_a_user_creates_a_book_watches_it_render_and_regenerates_a_failed_page(
     tab.screenshot(path=str(ARTIFACTS / "my-books.png"), full_page=True)
 
 
+def test_a_user_picks_a_style_sees_its_settings_with_their_limits_and_fixes_an_out_of_range_value(
+    alice, live_server, simulator, start_worker, broker, tab
+):
+    from playwright.sync_api import expect
+
+    # A second style on the built-in model-free workflow: its grain is fixed, the rest is the user's.
+    version = Style.objects.get(slug="model-free").version
+    Style.objects.create(
+        name="Grainy sketch",
+        slug="grainy",
+        description="Heavy grain on every page.",
+        version=version,
+        overrides={"noise": 0.8},
+        position=50,
+    )
+    start_worker(COMFYUI_URLS=simulator.url)
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+    tab.goto(live_server.url + "/books/new")
+
+    # The first style is chosen and only its settings show; choosing another shows its own.
+    expect(tab.locator("#style-model-free")).to_be_checked()
+    expect(tab.locator("#settings-model-free")).to_be_visible()
+    expect(tab.locator("#settings-grainy")).to_be_hidden()
+    tab.click("#style-grainy")
+    expect(tab.locator("#settings-grainy")).to_be_visible()
+    expect(tab.locator("#settings-model-free")).to_be_hidden()
+    width = tab.locator("#id_grainy__width")
+    assert (width.get_attribute("type"), width.get_attribute("min"), width.get_attribute("max")) == (
+        "number",
+        "16",
+        "4096",
+    )
+    expect(width).to_have_value("768")
+    expect(tab.locator("#id_grainy__noise")).to_have_count(0)  # fixed by the style: not a field
+    expect(tab.locator("#settings-grainy")).to_contain_text("A whole number from 16 to 4096.")
+
+    # An out-of-range width is refused by name, and the choice and the text stay.
+    tab.fill("#id_title", "Grainy harbour")
+    tab.fill("#id_text", "A harbour at dawn")
+    width.fill("9999")
+    tab.fill("#id_grainy__height", "48")
+    tab.click("#check")
+    expect(tab.locator("#grainy__width-errors")).to_have_text(
+        "Width (px) is 9999: it must be a whole number from 16 to 4096."
+    )
+    expect(tab.locator("#style-grainy")).to_be_checked()
+    expect(tab.locator("#settings-grainy")).to_be_visible()
+    expect(tab.locator("#id_text")).to_have_value("A harbour at dawn")
+    tab.screenshot(path=str(ARTIFACTS / "new-book-style-error.png"), full_page=True)
+    assert not Book.objects.filter(title="Grainy harbour").exists()
+
+    # Fixed, the book is created with the style and values, and renders on the simulator.
+    tab.locator("#id_grainy__width").fill("64")
+    tab.click("#check")
+    expect(tab.locator("#preview h2")).to_have_text("This makes 1 page")
+    tab.screenshot(path=str(ARTIFACTS / "new-book-style-preview.png"), full_page=True)
+    tab.click("#confirm")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Done", timeout=RENDER_TIMEOUT_MS)
+    expect(tab.locator(".page-head .subtitle")).to_contain_text("Grainy sketch")
+    book = Book.objects.get(title="Grainy harbour")
+    assert (book.style.slug, book.workflow_version_id) == ("grainy", version.pk)
+    assert book.values == {"seed": None, "width": 64, "height": 48, "noise": 0.8}
+    page = book.pages.get()
+    with Image.open(page.image.open("rb")) as image:
+        assert image.size == (64, 48)
+    assert page.attempts.get(number=page.image_attempt).workflow == "model-free v1"
+
+
 def test_an_admin_reruns_a_done_page_from_the_admin(
     alice, admin_user, live_server, simulator, start_worker, broker, tab
 ):
@@ -181,7 +251,7 @@ def test_an_admin_reruns_a_done_page_from_the_admin(
     book = book_create(
         owner=alice,
         title="The Lighthouse",
-        workflow="model-free",
+        style="model-free",
         pages=[PageSpec("A lighthouse on a cliff at dawn, watercolour"), PageSpec("A sailor [sim:validation]")],
     )
     wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 2, timeout=30)
@@ -221,7 +291,7 @@ def test_an_admin_reruns_a_done_page_from_the_admin(
 def test_the_status_page_works_without_javascript(alice, live_server, broker, browser):
     from playwright.sync_api import expect
 
-    book = book_create(owner=alice, title="Plain", workflow="model-free", pages=[PageSpec("A quiet lake")])
+    book = book_create(owner=alice, title="Plain", style="model-free", pages=[PageSpec("A quiet lake")])
     BookPage.objects.filter(book=book).update(
         status=Status.FAILED,
         needs_regeneration=True,
@@ -255,9 +325,7 @@ def test_a_page_waiting_to_retry_counts_down_and_shows_its_error(alice, live_ser
     from django.utils import timezone
     from playwright.sync_api import expect
 
-    book = book_create(
-        owner=alice, title="Waiting", workflow="model-free", pages=[PageSpec("A lake"), PageSpec("A hill")]
-    )
+    book = book_create(owner=alice, title="Waiting", style="model-free", pages=[PageSpec("A lake"), PageSpec("A hill")])
     now = timezone.now()
     error = {"attempt": 2, "kind": "unavailable", "message": "cannot reach ComfyUI", "at": now.isoformat()}
     BookPage.objects.filter(book=book, number=1).update(
@@ -298,7 +366,7 @@ def test_an_owner_looks_at_the_gallery_and_takes_the_book_away(alice, live_serve
             "A boat under stars",
             "A lighthouse at dawn [sim:validation]",
         ]
-        book = book_create(owner=alice, title="Take Away", workflow="model-free", pages=[PageSpec(p) for p in prompts])
+        book = book_create(owner=alice, title="Take Away", style="model-free", pages=[PageSpec(p) for p in prompts])
         wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 4, timeout=40)
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/{book.pk}/")
@@ -347,7 +415,7 @@ def test_a_stale_tabs_button_leads_back_to_a_working_button(alice, live_server, 
     # Its own tab: the 403 is the point here, and Chromium logs every 403 as a console error.
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
-    book = book_create(owner=alice, title="Stale", workflow="model-free", pages=[PageSpec("A lake")])
+    book = book_create(owner=alice, title="Stale", style="model-free", pages=[PageSpec("A lake")])
     BookPage.objects.filter(book=book).update(status=Status.FAILED, needs_regeneration=True)
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/{book.pk}/")
@@ -365,7 +433,7 @@ def test_a_stale_tabs_button_leads_back_to_a_working_button(alice, live_server, 
 def test_a_long_title_wraps_on_a_phone_and_in_the_admin(alice, admin_user, live_server, broker, browser):
     # One unbroken word is the hard case: nothing to wrap at but the characters themselves.
     title = "TheExtraordinarilyLongChronicleOfTheFoxWhoMappedEveryLighthouse" * 3
-    book = book_create(owner=alice, title=title, workflow="model-free", pages=[PageSpec("A lake")])
+    book = book_create(owner=alice, title=title, style="model-free", pages=[PageSpec("A lake")])
     phone = browser.new_context(viewport={"width": 390, "height": 844})
     tab = phone.new_page()
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")

@@ -40,7 +40,7 @@ def test_an_owner_creates_a_page_from_an_input_image_and_sees_both_on_its_card(
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/new")
     tab.fill("#id_title", "Colouring book")
-    tab.select_option("#id_workflow", "model-free-input")
+    tab.click("#style-model-free-input")
     tab.fill("#id_text", "A striped sketch, coloured in")
     tab.set_input_files("#id_input_images", str(sketch))
     tab.click("#check")
@@ -67,9 +67,7 @@ def test_an_animated_page_animates_on_the_status_page_and_is_marked_in_the_galle
     from playwright.sync_api import expect
 
     start_worker(COMFYUI_URLS=simulator.url)
-    book = book_create(
-        owner=alice, title="Blinking", workflow="model-free-animated", pages=[PageSpec("a blinking page")]
-    )
+    book = book_create(owner=alice, title="Blinking", style="model-free-animated", pages=[PageSpec("a blinking page")])
     wait_for(
         lambda: book.pages.get().status == Status.DONE, timeout=60, message=lambda: str(book.pages.get().image_error)
     )

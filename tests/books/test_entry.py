@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def post(client: Client, **data):
-    return client.post("/books/new", {"title": "The Heron", "workflow": "model-free", **data})
+    return client.post("/books/new", {"title": "The Heron", "style": "model-free", **data})
 
 
 def test_four_prompts_typed_one_per_line_are_four_pages():
@@ -64,7 +64,7 @@ def test_a_json_prompt_that_is_not_text_is_refused_never_stringified(bad):
 def test_every_problem_is_reported_in_one_pass(alice_client):
     pages = ["ok", {"prompt": None}, "  ", "x" * 4001, {"prompt": "y", "width": 9, "seed": -1}]
     upload = SimpleUploadedFile("pages.json", json.dumps(pages).encode())
-    response = alice_client.post("/books/new", {"title": "", "workflow": "model-free", "upload": upload})
+    response = alice_client.post("/books/new", {"title": "", "style": "model-free", "upload": upload})
     form = response.context["form"]
     assert form.errors["title"] == ["A book needs a title."]
     assert form.errors["upload"] == ["4 pages need fixing:"]
@@ -72,14 +72,17 @@ def test_every_problem_is_reported_in_one_pass(alice_client):
         "page 2": "The prompt must be text in quotes.",
         "page 3": "The prompt is empty.",
         "page 4": "The prompt is longer than 4000 characters.",
-        "page 5": "Width must be a whole number from 64 to 4096; seed must be a whole number from 0 to 4294967295.",
+        "page 5": (
+            "Width (px) is 9: it must be a whole number from 16 to 4096; "
+            "Seed is -1: it must be a whole number from 0 to 4294967295."
+        ),
     }
     assert not Book.objects.exists()
 
 
 def test_the_chosen_file_is_kept_after_an_error_and_used_again(alice_client):
     upload = SimpleUploadedFile("heron.json", json.dumps(["A heron", "A fox"]).encode())
-    response = alice_client.post("/books/new", {"title": "", "workflow": "model-free", "upload": upload})
+    response = alice_client.post("/books/new", {"title": "", "style": "model-free", "upload": upload})
     html = response.content.decode()
     assert "Using <strong>heron.json</strong> from your last try" in html
     assert 'name="kept_upload" value="[&quot;A heron&quot;, &quot;A fox&quot;]"' in html
@@ -102,7 +105,7 @@ def test_typed_pages_replace_a_kept_file(alice_client):
 def test_the_created_message_quotes_the_title_without_python_reprs(alice_client):
     response = alice_client.post(
         "/books/new",
-        {"title": 'Tom\'s "big" day', "workflow": "model-free", "text": "A", "confirm": "1", "expected_pages": "1"},
+        {"title": 'Tom\'s "big" day', "style": "model-free", "text": "A", "confirm": "1", "expected_pages": "1"},
         follow=True,
     )
     assert [str(m) for m in response.context["messages"]] == ['“Tom\'s "big" day” was created: 1 page queued.']

@@ -135,7 +135,7 @@ def test_the_new_book_form_gives_input_images_to_pages_in_order_across_the_previ
         "/books/new",
         {
             "title": "Sketches",
-            "workflow": "model-free-input",
+            "style": "model-free-input",
             "text": "one\ntwo\nthree",
             "input_images": [
                 upload(image_bytes(colour="red"), "a.png"),
@@ -151,7 +151,7 @@ def test_the_new_book_form_gives_input_images_to_pages_in_order_across_the_previ
         "/books/new",
         {
             "title": "Sketches",
-            "workflow": "model-free-input",
+            "style": "model-free-input",
             "text": "one\ntwo\nthree",
             "kept_inputs": ",".join(kept),
             "expected_pages": "3",
@@ -170,14 +170,14 @@ def test_the_new_book_form_gives_input_images_to_pages_in_order_across_the_previ
 def test_the_new_book_form_refuses_a_bad_image_and_more_images_than_pages(alice_client: Any) -> None:
     bad = alice_client.post(
         "/books/new",
-        {"title": "Bad", "workflow": "model-free-input", "text": "one", "input_images": [upload(b"nope", "x.png")]},
+        {"title": "Bad", "style": "model-free-input", "text": "one", "input_images": [upload(b"nope", "x.png")]},
     )
     assert bad.status_code == 200 and b"Image 1 (x.png): The file is not an image Pillow can read" in bad.content
     many = alice_client.post(
         "/books/new",
         {
             "title": "Many",
-            "workflow": "model-free-input",
+            "style": "model-free-input",
             "text": "one",
             "input_images": [upload(image_bytes(colour="red")), upload(image_bytes(colour="blue"))],
         },
@@ -185,7 +185,7 @@ def test_the_new_book_form_refuses_a_bad_image_and_more_images_than_pages(alice_
     assert many.status_code == 200 and b"2 input images for 1 pages" in many.content
     forged = alice_client.post(
         "/books/new",
-        {"title": "Forged", "workflow": "model-free-input", "text": "one", "kept_inputs": "pages/book-1/secret.png"},
+        {"title": "Forged", "style": "model-free-input", "text": "one", "kept_inputs": "pages/book-1/secret.png"},
     )
     assert forged.status_code == 200 and b"choose them again" in forged.content
     assert not Book.objects.filter(title__in=["Bad", "Many", "Forged"]).exists()

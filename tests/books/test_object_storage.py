@@ -52,7 +52,7 @@ def finish_page(page: BookPage, data: bytes, attempt: int = 1) -> BookPage:
 
 @pytest.mark.django_db
 def test_a_page_image_is_a_presigned_redirect_for_its_owner_only(s3: S3Server, alice: Any, bob: Any) -> None:
-    book = book_create(owner=alice, title="Fox", workflow="model-free", pages=[PageSpec("a fox")])
+    book = book_create(owner=alice, title="Fox", style="model-free", pages=[PageSpec("a fox")])
     page = finish_page(book.pages.get(), png("red"))
 
     response = client_for(alice).get(f"/books/{book.pk}/pages/1/image?v=1")
@@ -77,7 +77,7 @@ def test_a_page_image_is_a_presigned_redirect_for_its_owner_only(s3: S3Server, a
 
 @pytest.mark.django_db
 def test_thumbnails_zip_and_pdf_come_from_the_bucket(s3: S3Server, alice: Any) -> None:
-    book = book_create(owner=alice, title="Fox", workflow="model-free", pages=[PageSpec("one"), PageSpec("two")])
+    book = book_create(owner=alice, title="Fox", style="model-free", pages=[PageSpec("one"), PageSpec("two")])
     first, second = book.pages.order_by("number")
     finish_page(first, png("red"))
     finish_page(second, png("blue"))
@@ -104,10 +104,10 @@ def test_deleting_a_book_empties_its_keys_but_keeps_an_input_another_book_uses(s
     book = book_create(
         owner=alice,
         title="Fox",
-        workflow="model-free-input",
+        style="model-free-input",
         pages=[PageSpec("one", input_image=shared), PageSpec("two", input_image=own)],
     )
-    book_create(owner=alice, title="Other", workflow="model-free-input", pages=[PageSpec("x", input_image=shared)])
+    book_create(owner=alice, title="Other", style="model-free-input", pages=[PageSpec("x", input_image=shared)])
     finish_page(book.pages.get(number=1), png("red"))
     page_thumbnail(BookPage.objects.get(book=book, number=1))
     assert len(s3.keys(f"pages/book-{book.pk}/")) == 1 and len(s3.keys(f"thumbs/book-{book.pk}/")) == 1
@@ -130,7 +130,7 @@ def test_the_same_input_image_is_stored_once_and_never_overwritten(s3: S3Server)
 
 @pytest.mark.django_db
 def test_a_store_that_is_down_gives_a_clear_page_not_a_500(s3: S3Server, alice: Any) -> None:
-    book = book_create(owner=alice, title="Fox", workflow="model-free", pages=[PageSpec("a fox")])
+    book = book_create(owner=alice, title="Fox", style="model-free", pages=[PageSpec("a fox")])
     finish_page(book.pages.get(), png("red"))
     client = client_for(alice)
     dead = f"http://127.0.0.1:{free_port()}"

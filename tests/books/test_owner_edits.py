@@ -105,7 +105,12 @@ def test_duplicating_a_book_copies_its_pages_and_queues_them(alice, alice_client
     response = alice_client.post(f"/books/{book.pk}/duplicate")
     copy = Book.objects.exclude(pk=book.pk).get()
     assert response["Location"] == f"/books/{copy.pk}/"
-    assert (copy.title, copy.owner, copy.workflow) == ("The Fox (copy)", alice, book.workflow)
+    assert (copy.title, copy.owner, copy.style, copy.workflow_version) == (
+        "The Fox (copy)",
+        alice,
+        book.style,
+        book.workflow_version,
+    )
     assert prompts(copy) == prompts(book)
     page = copy.pages.get(number=2)
     assert (page.negative_prompt, page.overrides, page.status) == ("blurry", {"seed": 5}, Status.QUEUED)

@@ -18,6 +18,7 @@ from books.services import MAX_PAGES, REGENERATE_LIMIT
 from books.signin import SIGNIN_FAILURES_LIMIT
 from renders.models import RenderAttempt
 from tests.books.conftest import OOM_ERROR, client_for, page_set
+from tests.conftest import builtin_style
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db
@@ -252,7 +253,7 @@ def test_too_many_regenerate_requests_get_429_with_the_wait(alice_client, book):
 
 
 def test_the_rate_limit_is_per_user(alice_client, bob, book):
-    other = Book.objects.create(owner=bob, title="Bob's", workflow="model-free")
+    other = Book.objects.create(owner=bob, title="Bob's", **builtin_style())
     with time_machine.travel("2026-03-01 12:00:00+00:00", tick=False):
         for _ in range(REGENERATE_LIMIT + 1):
             regenerate_json(alice_client, book)
@@ -263,7 +264,7 @@ def test_the_rate_limit_is_per_user(alice_client, bob, book):
 
 
 def test_my_books_shows_progress_and_pages_needing_attention(alice_client, book, bob):
-    Book.objects.create(owner=bob, title="Not alice's", workflow="model-free")
+    Book.objects.create(owner=bob, title="Not alice's", **builtin_style())
     page_set(book, 1, Status.DONE)
     page_set(book, 2, Status.FAILED)
 
@@ -363,7 +364,7 @@ def test_a_page_without_an_image_has_no_image_to_serve(alice_client, book):
 
 
 def new_book(client: Client, **data):
-    return client.post("/books/new", {"title": "The Heron", "workflow": "model-free", **data})
+    return client.post("/books/new", {"title": "The Heron", "style": "model-free", **data})
 
 
 def create_book(client: Client, **data):
@@ -429,11 +430,11 @@ def test_a_user_creates_a_book_from_a_json_upload(alice, alice_client):
 
 
 def test_the_form_names_each_problem_by_field(alice_client):
-    response = alice_client.post("/books/new", {"title": "", "workflow": "nope", "text": ""})
+    response = alice_client.post("/books/new", {"title": "", "style": "nope", "text": ""})
     form = response.context["form"]
     assert form.errors == {
         "title": ["A book needs a title."],
-        "workflow": ["Select a valid choice. nope is not one of the available choices."],
+        "style": ["There is no style 'nope'."],
         "text": ["A book needs at least one page."],
     }
     assert not Book.objects.exists()
@@ -446,7 +447,7 @@ def test_the_form_names_each_bad_page(alice_client):
     assert form.errors["upload"] == ["3 pages need fixing:"]
     assert form.page_errors == {
         "page 2": "Expected a prompt string or an object with a 'prompt'.",
-        "page 3": "Width must be a whole number from 64 to 4096.",
+        "page 3": "Width (px) is 9: it must be a whole number from 16 to 4096.",
         "page 4": "The prompt is empty.",
     }
     assert "Page 2: Expected a prompt string" in response.content.decode()
@@ -491,9 +492,10 @@ def test_text_and_a_file_together_are_refused(alice_client):
     assert response.context["form"].errors["upload"] == ["Give the pages as text or as a JSON file, not both."]
 
 
-def test_the_new_book_page_offers_the_workflows(alice_client):
+def test_the_new_book_page_offers_the_styles(alice_client):
     html = alice_client.get("/books/new").content.decode()
-    assert '<option value="model-free">' in html and '<option value="sdxl">' in html
+    assert 'name="style" value="model-free" id="style-model-free" checked' in html
+    assert 'name="style" value="sdxl" id="style-sdxl">' in html
 
 
 # --- accounts ---------------------------------------------------------------------------------------
@@ -610,7 +612,7 @@ def test_the_admin_action_regenerates_the_selected_pages(root_client, book):
 
 
 def test_the_admin_action_retries_the_failed_pages_of_the_selected_books(root_client, book, bob):
-    other = Book.objects.create(owner=bob, title="Calm", workflow="model-free")
+    other = Book.objects.create(owner=bob, title="Calm", **builtin_style())
     BookPage.objects.create(book=other, number=1, prompt="a lake", status=Status.DONE)
     page_set(book, 3, Status.FAILED)
 
@@ -643,13 +645,13 @@ def test_the_admin_actions_need_the_change_permission(helpdesk, book):
         ("?needs_regeneration=yes", {"The Fox"}),
         ("?needs_regeneration=no", {"Calm"}),
         ("?instance=http%3A%2F%2F127.0.0.1%3A8188", {"The Fox"}),
-        ("?workflow=sdxl", {"Calm"}),
+        ("?style__slug=sdxl", {"Calm"}),
         ("?q=heron", {"The Fox"}),
         ("?q=bob", {"Calm"}),
     ],
 )
 def test_the_admin_lists_books_with_filters_and_search(root_client, book, bob, query, titles):
-    other = Book.objects.create(owner=bob, title="Calm", workflow="sdxl")
+    other = Book.objects.create(owner=bob, title="Calm", **builtin_style("sdxl"))
     BookPage.objects.create(book=other, number=1, prompt="a lake", status=Status.DONE)
     page_set(book, 2, Status.FAILED, job_metadata={"instance": "http://127.0.0.1:8188"})
 
@@ -672,7 +674,7 @@ def test_the_admin_book_list_shows_progress_and_pages_needing_attention(root_cli
         ("?status__exact=failed", [2]),
         ("?needs_regeneration__exact=1", [2]),
         ("?instance=http%3A%2F%2F127.0.0.1%3A8188", [2]),
-        ("?book__workflow=model-free", [1, 2, 3]),
+        ("?book__style__slug=model-free", [1, 2, 3]),
         ("?q=heron", [2]),
         ("?q=fox", [1, 2, 3]),
     ],

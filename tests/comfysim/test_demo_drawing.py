@@ -8,11 +8,11 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageStat
 
 from comfysim.testing import running_simulator
-from renders.workflows import workflow_get
+from renders.workflows import template_load
 
 
 def render(sim, output: Path, text: str, seed: int, prefix: str) -> Image.Image:
-    graph = workflow_get("model-free").fill(
+    graph = template_load("model-free").fill(
         prompt=text, negative_prompt="", seed=seed, filename_prefix=prefix, width=192, height=256
     )
     entry = sim.wait_for_history(sim.submit(graph)["prompt_id"])

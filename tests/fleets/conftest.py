@@ -187,3 +187,22 @@ def flaky_proxy(live: Any) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(live.url)
     yield proxy
     proxy.close()
+
+
+def register_workflow(slug: str, node_class: str) -> None:
+    """A registered workflow whose graph runs ``node_class`` into SaveImage (the prompt feeds a
+    text node, as in the built-in model-free one)."""
+    from workflows.models import Workflow
+    from workflows.services import version_create
+
+    graph = {
+        "1": {"class_type": node_class, "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}},
+        "3": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "{{PROMPT}}"}},
+    }
+    version_create(
+        workflow=Workflow.objects.create(name=slug, slug=slug),
+        graph=graph,
+        output_node="2",
+        properties=[{"name": "prompt", "kind": "text", "placeholder": "PROMPT", "primary": True}],
+    )

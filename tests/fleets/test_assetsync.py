@@ -17,7 +17,7 @@ from fleets.models import Asset, Host
 from fleets.services import fleet_activate, fleet_workflow_assign
 from ops.assetsync import Options, Server, SyncError, apply, extract_tar_gz, extract_zip, gc, status
 from renders.comfy import ComfyClient
-from tests.fleets.conftest import make_asset, make_bundle
+from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
 
@@ -42,7 +42,7 @@ def _git_archive(tmp_path: Path) -> bytes:
 def object_info(simulator):
     client = ComfyClient(simulator.url, timeout=30)
     try:
-        yield client.object_info()
+        yield client.object_info_raw()
     finally:
         client.close()
 
@@ -115,25 +115,14 @@ def test_a_bundle_whose_health_gate_fails_is_rolled_back(host, fleet, object_inf
     fleet_activate(fleet=fleet, bundle=first, by="root", object_info=object_info)
     assert apply(server, opts) == 0
     # A workflow that needs a node class the bundle's custom node promises, which ComfyUI lacks.
-    (tmp_path / "wf").mkdir()
-    (tmp_path / "wf/fancy.json").write_text(
-        '{"output_node": "2", "prompt": {"1": {"class_type": "FleetTestNoise", "inputs": {}},'
-        ' "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}}}}'
+    register_workflow("fancy", "FleetTestNoise")
+    fleet_workflow_assign(fleet=fleet, workflow_slug="fancy")
+    node = make_asset(
+        _git_archive(tmp_path), kind=Asset.Kind.CUSTOM_NODE, name="fancy.tar.gz", node_classes="FleetTestNoise"
     )
-    settings.BOOKRENDER_WORKFLOWS_DIR = str(tmp_path / "wf")
-    from renders.workflows import _registry
-
-    _registry.cache_clear()
-    try:
-        fleet_workflow_assign(fleet=fleet, workflow_slug="fancy")
-        node = make_asset(
-            _git_archive(tmp_path), kind=Asset.Kind.CUSTOM_NODE, name="fancy.tar.gz", node_classes="FleetTestNoise"
-        )
-        second = make_bundle("b2", make_asset(MODEL), node)
-        fleet_activate(fleet=fleet, bundle=second, by="root", object_info=object_info)
-        assert apply(server, opts) == 1
-    finally:
-        _registry.cache_clear()
+    second = make_bundle("b2", make_asset(MODEL), node)
+    fleet_activate(fleet=fleet, bundle=second, by="root", object_info=object_info)
+    assert apply(server, opts) == 1
     assert status(opts.home)["current"] == first.pk
     assert (opts.home / ".active_bundle_id").read_text().strip() == str(first.pk)
     failed = [line for line in _log(opts) if line["event"] == "apply.failed"]

@@ -5,14 +5,14 @@ import pytest
 from fleets.models import Activation, Asset
 from fleets.services import ActivationError, fleet_activate, fleet_rollback, fleet_workflow_assign
 from renders.comfy import ComfyClient
-from tests.fleets.conftest import make_asset, make_bundle
+from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 
 
 @pytest.fixture
 def object_info(simulator):
     client = ComfyClient(simulator.url, timeout=30)
     try:
-        yield client.object_info()
+        yield client.object_info_raw()
     finally:
         client.close()
 
@@ -29,23 +29,13 @@ def test_activation_is_refused_when_a_workflow_needs_a_model_the_bundle_lacks(fl
 
 def test_activation_is_refused_when_a_custom_nodes_class_is_missing(fleet, object_info, settings, tmp_path):
     # A workflow using a class that only a custom node provides (the node archive lists it).
-    (tmp_path / "fancy.json").write_text(
-        '{"output_node": "2", "prompt": {"1": {"class_type": "FancyNoise", "inputs": {}},'
-        ' "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}}}}'
-    )
-    settings.BOOKRENDER_WORKFLOWS_DIR = str(tmp_path)
-    from renders.workflows import _registry
-
-    _registry.cache_clear()
-    try:
-        fleet_workflow_assign(fleet=fleet, workflow_slug="fancy")
-        node = make_asset(b"PK archive", kind=Asset.Kind.CUSTOM_NODE, name="fancy.zip", node_classes="FancyNoise\n")
-        without = make_bundle("without", make_asset(b"m" * 64))
-        with pytest.raises(ActivationError, match="node class 'FancyNoise'"):
-            fleet_activate(fleet=fleet, bundle=without, by="root", object_info=object_info)
-        fleet_activate(fleet=fleet, bundle=make_bundle("with", node), by="root", object_info=object_info)
-    finally:
-        _registry.cache_clear()
+    register_workflow("fancy", "FancyNoise")
+    fleet_workflow_assign(fleet=fleet, workflow_slug="fancy")
+    node = make_asset(b"PK archive", kind=Asset.Kind.CUSTOM_NODE, name="fancy.zip", node_classes="FancyNoise\n")
+    without = make_bundle("without", make_asset(b"m" * 64))
+    with pytest.raises(ActivationError, match="node class 'FancyNoise'"):
+        fleet_activate(fleet=fleet, bundle=without, by="root", object_info=object_info)
+    fleet_activate(fleet=fleet, bundle=make_bundle("with", node), by="root", object_info=object_info)
 
 
 def test_rollback_reactivates_the_previous_bundle_and_the_log_keeps_every_step(fleet):

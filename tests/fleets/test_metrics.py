@@ -7,6 +7,7 @@ from comfysim.nodes import OBJECT_INFO_PATH
 from fleets.hosts import InstanceReading, host_heartbeat, host_register
 from fleets.metrics import fleet_metrics
 from fleets.services import fleet_activate, fleet_workflow_assign
+from tests.conftest import builtin_style
 from tests.fleets.conftest import make_asset, make_bundle
 
 
@@ -25,10 +26,10 @@ def test_a_fleet_reports_its_waiting_pages_and_hosts_behind_its_bundle(fleet, al
             host=host, state="ready", applied_bundle_id=first.pk, instances=[InstanceReading(f"http://{name}:8188")]
         )
     fleet_activate(fleet=fleet, bundle=make_bundle("b2", make_asset(b"2" * 64)), by="root", object_info=info)
-    book = Book.objects.create(owner=alice, title="t", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="t", **builtin_style("model-free"))
     for n in (1, 2):
         BookPage.objects.create(book=book, number=n, prompt="p")
-    Book.objects.create(owner=alice, title="other", workflow="sdxl").pages.create(number=1, prompt="p")
+    Book.objects.create(owner=alice, title="other", **builtin_style("sdxl")).pages.create(number=1, prompt="p")
 
     samples = _samples()
     assert samples[("bookrender_fleet_jobs_queued", ("gpu-default",))] == 2  # not the sdxl page

@@ -94,7 +94,7 @@ def done_page(page: BookPage, media: Path, attempt: int = 1) -> RenderAttempt:
 
 @pytest.fixture
 def four_pages(alice, tmp_path):
-    book = book_create(owner=alice, title="Audit", workflow="model-free", pages=[PageSpec(f"p{n}") for n in range(4)])
+    book = book_create(owner=alice, title="Audit", style="model-free", pages=[PageSpec(f"p{n}") for n in range(4)])
     return book, list(book.pages.order_by("number")), tmp_path / "media"
 
 

@@ -21,8 +21,8 @@ from ops.health import alerts
 from ops.health.checks import check_family, listening_sockets
 from ops.health.cli import main
 from ops.health.logs import logs_setup
-from renders.workflows import workflow_get
-from tests.conftest import service_env
+from renders.workflows import template_load
+from tests.conftest import builtin_style, service_env
 from tests.ops.conftest import Webhook, World, free_local_gpu_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def test_thresholds_come_from_the_environment(simulator, capsys, monkeypatch):
     monkeypatch.setenv("BOOKRENDER_HEALTH_VRAM_WARN_MB", "15000")
     monkeypatch.setenv("BOOKRENDER_HEALTH_QUEUE_WARN", "0")
     simulator.set_faults(render_time="5")
-    graph = workflow_get("model-free").fill(
+    graph = template_load("model-free").fill(
         prompt="a fox", negative_prompt="", seed=1, filename_prefix="t", width=64, height=64
     )
     simulator.submit(graph)
@@ -146,7 +146,7 @@ def test_a_running_worker_answers(start_worker, simulator, capsys, own_broker):
 
 
 def test_stuck_pages_are_a_warning(alice, capsys):
-    book = Book.objects.create(owner=alice, title="The Fox", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="The Fox", **builtin_style())
     long_ago = timezone.now() - timedelta(hours=1)
     BookPage.objects.create(book=book, number=1, prompt="a", status="rendering", lease_expires_at=long_ago)
     BookPage.objects.create(book=book, number=2, prompt="b", status="queued", next_attempt_at=long_ago)

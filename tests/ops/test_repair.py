@@ -20,7 +20,7 @@ from ops.health.checks import context_from_environment
 from ops.repair.actions import Action, Repair, unit_restart
 from ops.repair.cli import main
 from ops.repair.drift import SystemPaths
-from tests.conftest import service_env
+from tests.conftest import builtin_style, service_env
 from tests.ops.conftest import FakeSystemctl, Webhook, World, free_local_gpu_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def broken(world: World, simulator, alice, broker, monkeypatch) -> dict[str, Any
     index, port = free_local_gpu_port()
     monkeypatch.setenv("CUI_GPUS", str(index))
     simulator.set_faults(vram_free_mb=500)
-    book = Book.objects.create(owner=alice, title="The Fox", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="The Fox", **builtin_style())
     long_ago = timezone.now() - timedelta(hours=1)
     BookPage.objects.create(book=book, number=1, prompt="a", status="rendering", attempt=1, lease_expires_at=long_ago)
     BookPage.objects.create(book=book, number=2, prompt="b", status="queued", attempt=1, next_attempt_at=long_ago)

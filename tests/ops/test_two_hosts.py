@@ -108,7 +108,7 @@ def test_a_web_host_and_two_gpu_hosts_share_only_the_database_redis_and_the_buck
             book = book_create(
                 owner=alice,
                 title="Two hosts",
-                workflow="model-free-input",
+                style="model-free-input",
                 pages=[
                     PageSpec(f"page {n} in {colour}", input_image=name, overrides={"width": 128, "height": 128})
                     for n, (colour, name) in enumerate(zip(COLOURS, inputs, strict=True), start=1)

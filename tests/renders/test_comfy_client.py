@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from renders.comfy import ComfyClient, ComfyError, ErrorKind, OutputImage
-from renders.workflows import workflow_get
+from renders.workflows import template_load
 from tests.conftest import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
 
 def page_graph(prompt: str = "a fox under a lantern", *, seed: int = 7) -> dict[str, Any]:
     prefix = f"test/page-{uuid.uuid4().hex[:8]}"
-    return workflow_get("model-free").fill(
+    return template_load("model-free").fill(
         prompt=prompt, negative_prompt="", seed=seed, filename_prefix=prefix, width=256, height=256
     )
 

@@ -32,7 +32,7 @@ def report(name: str, **figures: Any) -> None:
 
 def book_of(owner, pages: int):
     return book_create(
-        owner=owner, title="Crash", workflow="model-free", pages=[PageSpec(f"page {n}") for n in range(1, pages + 1)]
+        owner=owner, title="Crash", style="model-free", pages=[PageSpec(f"page {n}") for n in range(1, pages + 1)]
     )
 
 

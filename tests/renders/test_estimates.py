@@ -11,6 +11,7 @@ from books.models import Book, BookPage
 from renders.estimates import book_estimate
 from renders.lease import db_now
 from renders.models import ComfyInstance, RenderAttempt
+from tests.conftest import builtin_style
 
 pytestmark = pytest.mark.django_db
 Status = BookPage.Status
@@ -19,8 +20,8 @@ Status = BookPage.Status
 def test_a_book_behind_another_waits_for_it_and_finishes_after_the_measured_time(alice):
     now = db_now()
     ComfyInstance.objects.create(url="http://gpu0:8188", slots=2)
-    earlier = Book.objects.create(owner=alice, title="First", workflow="model-free")
-    mine = Book.objects.create(owner=alice, title="Mine", workflow="model-free")
+    earlier = Book.objects.create(owner=alice, title="First", **builtin_style())
+    mine = Book.objects.create(owner=alice, title="Mine", **builtin_style())
     for n in range(1, 5):
         BookPage.objects.create(book=earlier, number=n, prompt="p", next_attempt_at=now - timedelta(minutes=1))
     for n in range(1, 3):
@@ -43,7 +44,7 @@ def test_a_book_behind_another_waits_for_it_and_finishes_after_the_measured_time
 
 
 def test_nothing_measured_or_nothing_left_gives_no_finish_time(alice):
-    book = Book.objects.create(owner=alice, title="New", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="New", **builtin_style())
     BookPage.objects.create(book=book, number=1, prompt="p", next_attempt_at=db_now())
     assert book_estimate(book_id=book.pk).finish_at is None  # no render measured yet
     BookPage.objects.filter(book=book).update(status=Status.DONE)

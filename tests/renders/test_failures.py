@@ -24,7 +24,7 @@ FAST = {"COMFY_RETRY_BACKOFF_SEC": "0.2", "COMFY_POLL_INTERVAL_SEC": "0.5"}
 
 
 def one_page(owner, prompt: str = "a fox by the sea") -> BookPage:
-    book = book_create(owner=owner, title="The Fox", workflow="model-free", pages=[PageSpec(prompt=prompt)])
+    book = book_create(owner=owner, title="The Fox", style="model-free", pages=[PageSpec(prompt=prompt)])
     return book.pages.get()
 
 
@@ -170,7 +170,7 @@ def test_without_parallel_pages_a_books_pages_render_one_after_another(alice, si
     simulator.set_faults(render_time="0.3")
     start_worker(COMFYUI_URLS=simulator.url, COMFY_ALLOW_PARALLEL_PAGES="false", concurrency=4, **FAST)
     book = book_create(
-        owner=alice, title="Slow", workflow="model-free", pages=[PageSpec(f"page {n}") for n in range(1, 5)]
+        owner=alice, title="Slow", style="model-free", pages=[PageSpec(f"page {n}") for n in range(1, 5)]
     )
     wait_for(lambda: book.pages.filter(status=Status.DONE).count() == 4, timeout=45)
     runs = sorted(RenderAttempt.objects.filter(page__book=book), key=lambda a: a.created_at)

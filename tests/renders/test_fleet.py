@@ -30,7 +30,7 @@ def three_simulators(tmp_path: Path):
 
 def book_of(owner, pages: int, title: str = "Fleet"):
     return book_create(
-        owner=owner, title=title, workflow="model-free", pages=[PageSpec(f"page {n}") for n in range(1, pages + 1)]
+        owner=owner, title=title, style="model-free", pages=[PageSpec(f"page {n}") for n in range(1, pages + 1)]
     )
 
 

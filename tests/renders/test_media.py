@@ -43,7 +43,7 @@ def test_a_page_starts_from_its_input_image(
     start_worker(COMFYUI_URLS=simulator.url, **s3.env())
     red = input_image_store(png("red"))
     book = book_create(
-        owner=alice, title="Sketches", workflow="model-free-input", pages=[PageSpec("colour me", input_image=red)]
+        owner=alice, title="Sketches", style="model-free-input", pages=[PageSpec("colour me", input_image=red)]
     )
     page = book.pages.get()
 
@@ -69,7 +69,7 @@ def test_a_page_without_the_input_its_workflow_needs_needs_attention(
     alice: Any, simulator: Any, start_worker: Any, broker: Any, s3: S3Server
 ) -> None:
     start_worker(COMFYUI_URLS=simulator.url, **s3.env())
-    book = book_create(owner=alice, title="Sketches", workflow="model-free-input", pages=[PageSpec("no sketch")])
+    book = book_create(owner=alice, title="Sketches", style="model-free-input", pages=[PageSpec("no sketch")])
     page = book.pages.get()
 
     wait_for(
@@ -88,7 +88,7 @@ def test_an_animated_output_is_stored_as_animated_webp(
     alice: Any, simulator: Any, start_worker: Any, broker: Any, s3: S3Server
 ) -> None:
     start_worker(COMFYUI_URLS=simulator.url, **s3.env())
-    book = book_create(owner=alice, title="Moving", workflow="model-free-animated", pages=[PageSpec("a blinking page")])
+    book = book_create(owner=alice, title="Moving", style="model-free-animated", pages=[PageSpec("a blinking page")])
     page = book.pages.get()
 
     wait_for(
@@ -105,38 +105,26 @@ def test_an_animated_output_is_stored_as_animated_webp(
 def test_an_output_node_that_writes_nothing_is_a_no_output_error_and_retried(
     alice: Any, simulator: Any, start_worker: Any, broker: Any, s3: S3Server, tmp_path: Path, settings: Any
 ) -> None:
-    folder = tmp_path / "workflows"
-    folder.mkdir()
-    # SaveLatent writes a .latent file, listed under "latents": nothing a page can show.
-    (folder / "latent-only.json").write_text(
-        json.dumps(
-            {
-                "output_node": "2",
-                "prompt": {
-                    "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-                    "2": {
-                        "class_type": "SaveLatent",
-                        "inputs": {"samples": ["1", 0], "filename_prefix": "{{FILENAME_PREFIX}}"},
-                    },
-                },
-            }
-        )
-    )
-    settings.BOOKRENDER_WORKFLOWS_DIR = str(folder)
-    from renders.workflows import _registry
+    from workflows.models import Style, Workflow
+    from workflows.services import version_create
 
-    _registry.cache_clear()
-    start_worker(
-        COMFYUI_URLS=simulator.url,
-        BOOKRENDER_WORKFLOWS_DIR=str(folder),
-        COMFY_MAX_RETRIES="1",
-        COMFY_RETRY_BACKOFF_SEC="0.1",
-        **s3.env(),
+    # SaveLatent writes a .latent file, listed under "latents": nothing a page can show.
+    graph = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}},
+        "3": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "{{PROMPT}}"}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+    }
+    workflow = Workflow.objects.create(name="Latent only", slug="latent-only")
+    version = version_create(
+        workflow=workflow,
+        graph=graph,
+        output_node="2",
+        properties=[{"name": "prompt", "kind": "text", "placeholder": "PROMPT", "primary": True}],
     )
-    try:
-        book = book_create(owner=alice, title="Latent", workflow="latent-only", pages=[PageSpec("nothing to see")])
-    finally:
-        _registry.cache_clear()
+    Style.objects.create(name="Latent only", slug="latent-only", version=version)
+    start_worker(COMFYUI_URLS=simulator.url, COMFY_MAX_RETRIES="1", COMFY_RETRY_BACKOFF_SEC="0.1", **s3.env())
+    book = book_create(owner=alice, title="Latent", style="latent-only", pages=[PageSpec("nothing to see")])
     page = book.pages.get()
 
     wait_for(
@@ -159,7 +147,7 @@ def test_a_bucket_that_is_down_holds_the_page_until_its_file_is_stored(
     the same render: ComfyUI ran the prompt once."""
     port = free_port()
     start_worker(COMFYUI_URLS=simulator.url, **{**s3.env(), "BOOKRENDER_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
-    book = book_create(owner=alice, title="Patience", workflow="model-free", pages=[PageSpec("wait for me")])
+    book = book_create(owner=alice, title="Patience", style="model-free", pages=[PageSpec("wait for me")])
     page = book.pages.get()
 
     def waiting_for_storage() -> bool:
@@ -219,11 +207,11 @@ def test_history_outputs_are_read_under_every_media_key(simulator: Any) -> None:
 
 
 def test_a_template_declares_what_its_output_node_writes() -> None:
-    from renders.workflows import WorkflowError, workflow_get, workflow_parse
+    from renders.workflows import WorkflowError, template_load, workflow_parse
 
-    animated = workflow_get("model-free-animated")
+    animated = template_load("model-free-animated")
     assert (animated.output_ext, animated.output_mime) == ("webp", "image/webp")
-    still = workflow_get("model-free")
+    still = template_load("model-free")
     assert (still.output_ext, still.output_mime) == ("png", "image/png")
 
     graph = {"1": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "{{FILENAME_PREFIX}}"}}}
@@ -239,9 +227,9 @@ def test_a_template_declares_what_its_output_node_writes() -> None:
 
 def test_the_asset_placeholder_survives_the_fill_and_the_worker_replaces_it() -> None:
     from renders.assets import graph_needs_input, graph_with_input
-    from renders.workflows import workflow_get
+    from renders.workflows import template_load
 
-    filled = workflow_get("model-free-input").fill(
+    filled = template_load("model-free-input").fill(
         prompt="p", negative_prompt="", seed=1, filename_prefix="bookrender/x"
     )
     assert filled["1"]["inputs"]["image"] == "{{INPUT_IMAGE}}" and graph_needs_input(filled)
@@ -249,5 +237,5 @@ def test_the_asset_placeholder_survives_the_fill_and_the_worker_replaces_it() ->
     assert uploaded["1"]["inputs"]["image"] == "bookrender/bookrender-abc.png" and not graph_needs_input(uploaded)
     assert filled["1"]["inputs"]["image"] == "{{INPUT_IMAGE}}"  # a copy: the template's graph is untouched
     assert not graph_needs_input(
-        workflow_get("model-free").fill(prompt="p", negative_prompt="", seed=1, filename_prefix="x")
+        template_load("model-free").fill(prompt="p", negative_prompt="", seed=1, filename_prefix="x")
     )

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from books.models import Book, BookPage
 from renders.models import RenderAttempt
+from tests.conftest import builtin_style
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +33,7 @@ def samples(client) -> dict[str, float]:
 def book_with_attempts(owner, title: str, renders: list[float], failures: int = 0) -> Book:
     """A book with one page per render time (seconds), each done in one attempt after `failures`
     failed ones (OOM) on page 1; detection takes 30 ms."""
-    book = Book.objects.create(owner=owner, title=title, workflow="model-free")
+    book = Book.objects.create(owner=owner, title=title, **builtin_style())
     now = timezone.now()
     for number, seconds in enumerate(renders, start=1):
         failed = failures if number == 1 else 0

@@ -40,7 +40,7 @@ def rendered_book(alice, simulator, start_worker, start_beat, broker):
     start_worker(**env)
     start_beat(**env)
     book = book_create(
-        owner=alice, title="Faults", workflow="model-free", pages=[PageSpec(f"page {n}") for n in range(1, 5)]
+        owner=alice, title="Faults", style="model-free", pages=[PageSpec(f"page {n}") for n in range(1, 5)]
     )
     wait_for(lambda: book.pages.filter(status=Status.DONE).count() == 4, timeout=60)
     wait_for(

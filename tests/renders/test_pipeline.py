@@ -15,8 +15,8 @@ Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def make_book(owner, prompts: list[str], workflow: str = "model-free"):
-    return book_create(owner=owner, title="The Fox", workflow=workflow, pages=[PageSpec(prompt=p) for p in prompts])
+def make_book(owner, prompts: list[str], style: str = "model-free"):
+    return book_create(owner=owner, title="The Fox", style=style, pages=[PageSpec(prompt=p) for p in prompts])
 
 
 def test_a_twelve_page_book_renders_every_page_exactly_once(alice, simulator, start_worker, broker):

@@ -23,6 +23,7 @@ from books.models import Book, BookPage
 from renders import services
 from renders.comfy import ComfyError, ErrorKind, HistoryEntry, WaitResult
 from renders.models import RenderAttempt
+from tests.conftest import builtin_style
 
 Status = BookPage.Status
 KINDS = [k for k in ErrorKind]
@@ -39,7 +40,7 @@ class PageLifecycle(RuleBasedStateMachine):
 
     @initialize()
     def a_new_page(self) -> None:
-        book = Book.objects.create(owner=self.owner, title="p", workflow="model-free")
+        book = Book.objects.create(owner=self.owner, title="p", **builtin_style())
         self.page = BookPage.objects.create(book=book, number=1, prompt="x")
         services.page_enqueue(page_id=self.page.pk, by="test", reason="create")
         self.seen_attempts = [1]

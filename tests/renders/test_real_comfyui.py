@@ -19,6 +19,7 @@ from tests.conftest import wait_for
 from tests.realcomfyui import DONE_MARKER_CLASS
 from tests.renders.test_comfy_client import page_graph, render
 from tests.renders.test_crashes import report
+from tests.workflows.test_registry import check_against_object_info
 
 Status = BookPage.Status
 
@@ -129,7 +130,7 @@ def test_the_installed_custom_node_is_offered_and_runs(real_comfyui):
 
 def book_of(owner, pages: int, **overrides: int):
     specs = [PageSpec(f"page {n}, a fox by the sea", overrides=dict(overrides)) for n in range(1, pages + 1)]
-    return book_create(owner=owner, title="Real", workflow="model-free", pages=specs)
+    return book_create(owner=owner, title="Real", style="model-free", pages=specs)
 
 
 def states(book) -> list[tuple[int, str, int]]:
@@ -233,11 +234,11 @@ def test_an_input_image_and_an_animated_output_really_run(alice, real_comfyui, s
     coloured = book_create(
         owner=alice,
         title="Sketch",
-        workflow="model-free-input",
+        style="model-free-input",
         pages=[PageSpec("colour me", input_image=input_image_store(sketch.getvalue()))],
     ).pages.get()
     moving = book_create(
-        owner=alice, title="Moving", workflow="model-free-animated", pages=[PageSpec("blink")]
+        owner=alice, title="Moving", style="model-free-animated", pages=[PageSpec("blink")]
     ).pages.get()
 
     for page in (coloured, moving):
@@ -254,3 +255,7 @@ def test_an_input_image_and_an_animated_output_really_run(alice, real_comfyui, s
     with default_storage.open(str(moving.image.name), "rb") as stored, Image.open(stored) as image:
         assert image.format == "WEBP" and image.is_animated and image.n_frames == 3
     assert str(moving.image.name).endswith(".webp")
+
+
+def test_a_workflow_is_checked_against_real_comfyuis_object_info(real_comfyui):
+    check_against_object_info(real_comfyui.url)

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 
 from books.models import Book, BookPage
 from renders.models import RenderAttempt
+from tests.conftest import builtin_style
 
 pytestmark = pytest.mark.django_db
 WEEK = datetime(2026, 11, 16, tzinfo=UTC)
@@ -47,7 +48,7 @@ def attempts(page: BookPage, *, start: datetime, count: int, seconds: float, fai
 
 @pytest.fixture
 def page(alice) -> BookPage:
-    book = Book.objects.create(owner=alice, title="t", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="t", **builtin_style())
     return BookPage.objects.create(book=book, number=1, prompt="p")
 
 

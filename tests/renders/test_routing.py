@@ -13,6 +13,7 @@ from django.utils import timezone
 from books.models import Book, BookPage
 from renders import routing
 from renders.models import ComfyInstance, InstanceSlot
+from tests.conftest import builtin_style
 
 pytestmark = pytest.mark.django_db
 URLS = ["http://gpu0:8188", "http://gpu1:8189"]
@@ -20,7 +21,7 @@ URLS = ["http://gpu0:8188", "http://gpu1:8189"]
 
 @pytest.fixture
 def pages(alice) -> list[BookPage]:
-    book = Book.objects.create(owner=alice, title="t", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="t", **builtin_style())
     return [BookPage.objects.create(book=book, number=n, prompt="p") for n in range(1, 7)]
 
 

@@ -16,14 +16,14 @@ from renders import render, services
 from renders.comfy import ComfyError, ErrorKind, HistoryEntry, WaitResult
 from renders.lease import db_now
 from renders.models import RenderAttempt
-from tests.conftest import wait_for
+from tests.conftest import builtin_style, wait_for
 
 Status = BookPage.Status
 
 
 @pytest.fixture
 def page(alice) -> BookPage:
-    book = Book.objects.create(owner=alice, title="The Fox", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="The Fox", **builtin_style())
     page = BookPage.objects.create(book=book, number=1, prompt="a fox")
     services.page_enqueue(page_id=page.pk, by="test", reason="create")
     page.refresh_from_db()
@@ -253,7 +253,7 @@ def test_old_versions_are_pruned_but_never_the_chosen_one(page, png_bytes):
 def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
     alice, django_assert_max_num_queries, django_capture_on_commit_callbacks, monkeypatch
 ):
-    book = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="Big", **builtin_style())
     BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 201))
     ids = list(book.pages.order_by("number").values_list("pk", flat=True))
     published: list[tuple[int, int]] = []
@@ -339,7 +339,7 @@ def one_slot_book(alice, simulator, settings, monkeypatch) -> list[BookPage]:
     settings.COMFYUI_URLS = [simulator.url]
     ComfyInstance.objects.create(url=simulator.url, slots=1)
     monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda *args, **kwargs: None)
-    book = Book.objects.create(owner=alice, title="One slot", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="One slot", **builtin_style())
     pages = [
         BookPage.objects.create(book=book, number=n, prompt=f"page {n}", overrides={"width": 32, "height": 32})
         for n in (1, 2)
@@ -415,7 +415,7 @@ def test_a_page_that_waits_too_long_for_vram_needs_attention_with_a_clear_kind(a
     with running_simulator(output_dir=tmp_path / "out", args=["--vram-free-mb", "500"]) as sim:
         settings.COMFYUI_URLS = [sim.url]
         ComfyInstance.objects.create(url=sim.url)
-        book = Book.objects.create(owner=alice, title="Short of memory", workflow="model-free")
+        book = Book.objects.create(owner=alice, title="Short of memory", **builtin_style())
         page = BookPage.objects.create(book=book, number=1, prompt="p", overrides={"width": 32, "height": 32})
         services.page_enqueue(page_id=page.pk, by="test", reason="create")
         assert render.page_render(page_id=page.pk, attempt=1) == "deferred"

@@ -32,7 +32,7 @@ def small_book(owner, pages: int, prompt: str = "page {n}"):
     return book_create(
         owner=owner,
         title="Slow",
-        workflow="model-free",
+        style="model-free",
         pages=[PageSpec(prompt.format(n=n), overrides={"width": 32, "height": 32}) for n in range(1, pages + 1)],
     )
 
@@ -161,7 +161,7 @@ def test_a_sequential_book_with_a_failing_page_keeps_its_order(alice, simulator,
     book = book_create(
         owner=alice,
         title="In order",
-        workflow="model-free",
+        style="model-free",
         pages=[
             PageSpec("page 1", overrides={"width": 32, "height": 32}),
             PageSpec("page 2 [sim:error]", overrides={"width": 32, "height": 32}),

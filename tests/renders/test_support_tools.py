@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_render_task_names_its_book_page_and_attempt_for_flower(alice, broker):
-    book = book_create(owner=alice, title="The Fox", workflow="model-free", pages=[PageSpec("a"), PageSpec("b")])
+    book = book_create(owner=alice, title="The Fox", style="model-free", pages=[PageSpec("a"), PageSpec("b")])
     page = book.pages.get(number=2)
     render_page.apply_async((page.pk, page.attempt))
     raw = redis.Redis.from_url(settings.CELERY_BROKER_URL).lpop("celery")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from renders.workflows import WorkflowError, workflow_get, workflow_load_all, workflow_parse
+from renders.workflows import BUILTIN_DIR, WorkflowError, template_load, workflow_load_dir, workflow_parse
 
 GOOD = {
     "output_node": "2",
@@ -17,6 +17,8 @@ GOOD = {
         "3": {"class_type": "PrimitiveString", "inputs": {"value": "page: {{PROMPT}} (seed {{SEED}})"}},
     },
 }
+# The same page, its prompt placeholder misspelt.
+TYPO = json.loads(json.dumps(GOOD).replace("{{PROMPT}}", "{{PROMPT}} {{PROMT}}"))
 
 
 def parse(data: object, slug: str = "test") -> object:
@@ -24,10 +26,11 @@ def parse(data: object, slug: str = "test") -> object:
 
 
 def test_both_shipped_workflows_load():
-    found, errors = workflow_load_all()
+    found, errors = workflow_load_dir(BUILTIN_DIR)
     assert errors == []
-    assert {"model-free", "sdxl"} <= set(found)
-    assert found["sdxl"].output_node == "9"
+    by_slug = {w.slug: w for w in found}
+    assert {"model-free", "sdxl"} <= set(by_slug)
+    assert by_slug["sdxl"].output_node == "9"
 
 
 def test_it_refuses_a_template_that_is_not_json():
@@ -43,9 +46,8 @@ def test_it_refuses_a_template_without_its_output_node():
 
 
 def test_it_refuses_an_unknown_placeholder_and_names_it():
-    data = json.loads(json.dumps(GOOD))
-    data["prompt"]["3"]["inputs"]["value"] = "{{PROMT}}"
-    with pytest.raises(WorkflowError, match=r"unknown placeholder \{\{PROMT\}\}"):
+    data = TYPO
+    with pytest.raises(WorkflowError, match=r"the graph uses \{\{PROMT\}\}, which no property declares"):
         parse(data)
 
 
@@ -74,6 +76,6 @@ def test_filling_replaces_whole_placeholders_with_typed_values_and_embedded_ones
 
 
 def test_filling_uses_the_workflows_default_size():
-    graph = workflow_get("model-free").fill(prompt="x", negative_prompt="", seed=1, filename_prefix="p")
+    graph = template_load("model-free").fill(prompt="x", negative_prompt="", seed=1, filename_prefix="p")
     assert (graph["1"]["inputs"]["width"], graph["1"]["inputs"]["height"]) == (768, 1024)
     assert graph["2"]["inputs"]["seed"] == 1

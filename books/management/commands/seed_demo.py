@@ -22,7 +22,7 @@ class Command(BaseCommand):
     help = "Create the demo user (demo / demo-password), an admin (admin / admin-password) and a demo book."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--workflow", default="model-free")
+        parser.add_argument("--style", default="model-free")
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
@@ -41,7 +41,7 @@ class Command(BaseCommand):
         book = book_create(
             owner=demo,
             title="The Fox and the Lighthouse",
-            workflow=options["workflow"],
+            style=options["style"],
             pages=[PageSpec(prompt=p) for p in DEMO_PAGES],
         )
         self.stdout.write(f"demo book {book.pk} created with {len(DEMO_PAGES)} pages")

@@ -16,6 +16,7 @@ from fleets.models import Host
 from fleets.services import fleet_activate, fleet_create, fleet_workflow_assign
 from renders import routing
 from renders.models import ComfyInstance
+from tests.conftest import builtin_style
 from tests.fleets.conftest import make_asset, make_bundle
 
 A, B = "http://host-a:8188", "http://host-b:8188"
@@ -41,7 +42,7 @@ def two_hosts(fleet) -> tuple[Host, Host]:
 
 
 def _page(alice, workflow: str) -> BookPage:
-    book = Book.objects.create(owner=alice, title="t", workflow=workflow)
+    book = Book.objects.create(owner=alice, title="t", **builtin_style(workflow))
     return BookPage.objects.create(book=book, number=1, prompt="p")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import websocket
 
 from ops import livestack
 from renders.reports import percentile
@@ -244,9 +247,250 @@ def naive_baseline(workdir: Path) -> float:
         return round(time.monotonic() - started, 2)
 
 
+# --- keep-fed on a real ComfyUI ------------------------------------------------------------------
+
+# 30 pages of ComfyUI's own TestSleep node (its test node pack), 0.3 s each (issue 14).
+REAL_PAGES = 30
+REAL_SLEEP_S = 0.3
+REAL_PAGE_SIZE = 64  # the image is only the vehicle; its pixel work should not count
+# Rounds of (bare client, bookrender), alternating which goes first; the median ratio is reported.
+REAL_ROUNDS = 3
+# ComfyUI's prompt worker runs gc.collect() when a prompt ends 10 s or more after its last one
+# (main.py, gc_collect_interval); the collection holds the GIL, delaying its messages 0.6-1.8 s.
+COMFY_GC_INTERVAL_S = 10.0
+SLEEP_WORKFLOW = "bench-sleep"
+# Where the test node pack sits in a ComfyUI 0.3.x checkout.
+TESTING_PACK = Path("tests") / "execution" / "testing_nodes" / "testing-pack"
+
+
+def _sleep_template() -> dict[str, Any]:
+    """A page that takes REAL_SLEEP_S on ComfyUI: the seed goes through ImageAddNoise into TestSleep,
+    so ComfyUI's cache never skips the sleep, and SaveImage gives bookrender its image."""
+    return {
+        "title": "Bench: TestSleep",
+        "output_node": "4",
+        "defaults": {"width": REAL_PAGE_SIZE, "height": REAL_PAGE_SIZE},
+        "prompt": {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": "{{WIDTH}}", "height": "{{HEIGHT}}", "batch_size": 1, "color": 0},
+            },
+            "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": "{{SEED}}", "strength": 0.1}},
+            "3": {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": REAL_SLEEP_S}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}},
+        },
+    }
+
+
+def _testing_pack_config(record: dict[str, Any], folder: Path) -> Path:
+    """An extra model-paths file that adds a custom_nodes folder holding a link to the install's
+    own test node pack: how an operator adds a node folder to one instance without touching the
+    install (the launcher passes it on as a second --extra-model-paths-config)."""
+    pack = Path(record["comfyui_dir"]) / TESTING_PACK
+    if not (pack / "__init__.py").is_file():
+        raise SystemExit(f"bench: ComfyUI's test node pack is not at {pack}")
+    nodes = folder / "custom_nodes"
+    nodes.mkdir(parents=True, exist_ok=True)
+    (nodes / "testing-pack").symlink_to(pack)
+    config = folder / "bench_nodes.yaml"
+    config.write_text(f"bench:\n  custom_nodes: {json.dumps(str(nodes))}\n")
+    return config
+
+
+def _use_workflows_dir(folder: Path) -> dict[str, str]:
+    from django.conf import settings
+
+    from renders import workflows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{SLEEP_WORKFLOW}.json").write_text(json.dumps(_sleep_template()))
+    settings.BOOKRENDER_WORKFLOWS_DIR = str(folder)
+    workflows._registry.cache_clear()
+    return {"BOOKRENDER_WORKFLOWS_DIR": str(folder)}
+
+
+def _history_spans(url: str, prompt_ids: list[str]) -> list[tuple[float, float]]:
+    """(execution_start, execution_success) of each prompt, in seconds, by ComfyUI's clock."""
+    from renders.comfy import ComfyClient
+
+    client = ComfyClient(url, timeout=30)
+    spans = []
+    for prompt_id in prompt_ids:
+        entry = client.history(prompt_id)
+        if entry is None or entry.started_at_ms is None or entry.finished_at_ms is None:
+            raise SystemExit(f"bench: prompt {prompt_id} has no timestamps in ComfyUI's history")
+        spans.append((entry.started_at_ms / 1000, entry.finished_at_ms / 1000))
+    return sorted(spans)
+
+
+def _phases(started: float, done: float, spans: list[tuple[float, float]]) -> dict[str, float]:
+    """Where a run's time went: before ComfyUI started the first prompt, ComfyUI idle between
+    prompts, and after it finished the last one until the run saw it done (ms)."""
+    gaps = [max(0.0, start - end) for (_, end), (start, _) in itertools.pairwise(spans)]
+    return {
+        "to_first_start_ms": round((spans[0][0] - started) * 1000, 1),
+        "idle_between_ms": round(sum(gaps) * 1000, 1),
+        "longest_idle_ms": round(max(gaps, default=0.0) * 1000, 1),
+        "last_finish_to_done_ms": round((done - spans[-1][1]) * 1000, 1),
+    }
+
+
+def _bare_run(url: str) -> dict[str, Any]:
+    """The bare client: all prompts POSTed at once over one WebSocket, then wait for every one to
+    end (``executing`` with node null). Makespan: first POST to the last end seen."""
+    from renders.workflows import workflow_get
+
+    workflow = workflow_get(SLEEP_WORKFLOW)
+    client_id = uuid.uuid4().hex
+    graphs = [
+        workflow.fill(
+            prompt=f"bare {n}",
+            negative_prompt="",
+            seed=random.randrange(2**32),
+            filename_prefix=f"bench/bare-{uuid.uuid4().hex[:8]}",
+            width=REAL_PAGE_SIZE,
+            height=REAL_PAGE_SIZE,
+        )
+        for n in range(REAL_PAGES)
+    ]
+    ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}", timeout=120)
+    session = requests.Session()
+    try:
+        started = time.time()
+        prompt_ids = [
+            session.post(f"{url}/prompt", json={"prompt": graph, "client_id": client_id}, timeout=60).json()[
+                "prompt_id"
+            ]
+            for graph in graphs
+        ]
+        waiting = set(prompt_ids)
+        while waiting:
+            frame = ws.recv()
+            if isinstance(frame, str) and '"executing"' in frame:
+                data = json.loads(frame).get("data", {})
+                if data.get("node") is None:
+                    waiting.discard(data.get("prompt_id"))
+        done = time.time()
+    finally:
+        ws.close()
+        session.close()
+    spans = _history_spans(url, prompt_ids)
+    return {"makespan_s": round(done - started, 3), **_phases(started, done, spans)}
+
+
+def _bookrender_run(url: str, title: str) -> dict[str, Any]:
+    """bookrender: from creating the book to its last page Done (the database's clock, as the
+    page records it), and each page's completion detection (ComfyUI finished -> page Done)."""
+    from renders.models import RenderAttempt
+
+    started = time.time()
+    book = livestack.create_book(REAL_PAGES, title=title, size=REAL_PAGE_SIZE, workflow=SLEEP_WORKFLOW)
+    if not livestack.wait_settled(book, timeout=REAL_PAGES * REAL_SLEEP_S * 20 + 60):
+        raise SystemExit(f"bench: {title!r} did not finish")
+    runs = list(RenderAttempt.objects.filter(page__book=book, outcome="success"))
+    if len(runs) != REAL_PAGES or book.pages.exclude(status="done").exists():
+        raise SystemExit(f"bench: {title!r} ended with pages not Done; see the worker log")
+    done = max(a.finished_at for a in runs if a.finished_at).timestamp()
+    spans = sorted(
+        (a.started_at.timestamp(), a.comfy_finished_at.timestamp())
+        for a in runs
+        if a.started_at and a.comfy_finished_at
+    )
+    detection = [
+        (a.finished_at - a.comfy_finished_at).total_seconds() * 1000
+        for a in runs
+        if a.finished_at and a.comfy_finished_at
+    ]
+    return {
+        "makespan_s": round(done - started, 3),
+        **_phases(started, done, spans),
+        "submissions": len(RenderAttempt.objects.filter(page__book=book)),
+        "detection_ms": detection,
+    }
+
+
+def _after_gc(url: str) -> None:
+    """Put ComfyUI's idle collection just before the run, the same for both clients: stay idle
+    for two GC intervals (any pending collection runs, and the last one is over 10 s old), then
+    one prompt, after which ComfyUI collects at once; its end message waits for the collection,
+    and one more answer proves ComfyUI is listening again. The run then has about 10 s before the
+    next collection, which falls near its end in both clients alike (the phases show where)."""
+    from renders.comfy import ComfyClient
+
+    time.sleep(2 * COMFY_GC_INTERVAL_S + 0.5)
+    warm = ComfyClient(url, timeout=60)
+    with warm.watch() as watcher:
+        from renders.workflows import workflow_get
+
+        graph = workflow_get(SLEEP_WORKFLOW).fill(
+            prompt="warm",
+            negative_prompt="",
+            seed=random.randrange(2**32),
+            filename_prefix=f"bench/warm-{uuid.uuid4().hex[:8]}",
+            width=REAL_PAGE_SIZE,
+            height=REAL_PAGE_SIZE,
+        )
+        prompt_id = warm.submit(graph, prompt_id=str(uuid.uuid4())).prompt_id
+        watcher.wait(prompt_id, timeout=120)
+    warm.system_stats()
+
+
+def real_keep_fed(workdir: Path) -> dict[str, Any]:
+    """Keep-fed on a real ComfyUI: bookrender's makespan for REAL_PAGES TestSleep pages over a
+    bare client's for the same prompts, same instance, same run; REAL_ROUNDS rounds, alternating
+    which goes first, each after the same GC preparation (_after_gc); the median ratio counts."""
+    from ops import realcomfyui
+    from renders.reports import percentile
+
+    configured = realcomfyui.configured_source()
+    if configured is None:
+        _log(f"real ComfyUI skipped: {realcomfyui.NOT_CONFIGURED}")
+        return {"skipped": realcomfyui.NOT_CONFIGURED}
+    _log("real ComfyUI: installing, or finding the install in the cache (a cold install takes minutes)")
+    began = time.monotonic()
+    record = realcomfyui.install(*configured)
+    _log(f"real ComfyUI: {record['name']} ready in {time.monotonic() - began:.0f} s")
+    folder = workdir / "real"
+    nodes_config = _testing_pack_config(record, folder)
+    env = _use_workflows_dir(folder / "workflows")
+    livestack.reset_database()
+    with realcomfyui.running(record, folder / "data", ["--extra-model-paths-config", str(nodes_config)]) as comfy:
+        from renders.comfy import ComfyClient
+
+        if "TestSleep" not in ComfyClient(comfy.url, timeout=60).node_classes():
+            raise SystemExit(f"bench: ComfyUI did not load its test node pack; see {comfy.log_path}")
+        env |= livestack.use_instances([comfy.url])
+        worker = livestack.start_worker(env=env, log=workdir / "worker-real.log", concurrency=2)
+        rounds: list[dict[str, Any]] = []
+        try:
+            # Warm both: the worker's processes and connections, ComfyUI's first-prompt imports.
+            _bookrender_run(comfy.url, "warm-up")
+            for number in range(REAL_ROUNDS):
+                order = ("bare", "bookrender") if number % 2 == 0 else ("bookrender", "bare")
+                result: dict[str, Any] = {"first": order[0]}
+                for who in order:
+                    _after_gc(comfy.url)
+                    _log(f"real ComfyUI: round {number + 1}/{REAL_ROUNDS}, {who}")
+                    run = _bare_run(comfy.url) if who == "bare" else _bookrender_run(comfy.url, f"real {number}")
+                    result[who] = run
+                result["ratio"] = round(result["bookrender"]["makespan_s"] / result["bare"]["makespan_s"], 3)
+                rounds.append(result)
+        finally:
+            worker.stop()
+    detection = [ms for r in rounds for ms in r["bookrender"].pop("detection_ms")]
+    return {
+        "pages": REAL_PAGES,
+        "sleep_s": REAL_SLEEP_S,
+        "comfyui": f"{record['ref']} ({record['commit'][:12]}), CPU",
+        "rounds": rounds,
+        "ratio_median": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "detection_ms": {q: round(percentile(detection, n) or 0.0, 1) for q, n in (("p50", 50), ("p95", 95))},
+    }
+
+
 def main() -> int:
     livestack.setup_django()
-    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive"}
+    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive", "real"}
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bookrender-bench-") as tmp:
         workdir = Path(tmp)
@@ -266,6 +510,9 @@ def main() -> int:
         if "naive" in wanted:
             _log("the naive baseline")
             figures["naive_makespan_s"] = naive_baseline(workdir)
+        if "real" in wanted:
+            _log(f"keep-fed on a real ComfyUI, {REAL_PAGES} pages of TestSleep {REAL_SLEEP_S} s")
+            figures["real_comfyui"] = real_keep_fed(workdir)
     detection = figures.get("keep_fed_1", {}).get("detection_ms", []) + figures.get("keep_fed_3", {}).get(
         "detection_ms", []
     )
@@ -289,6 +536,13 @@ def main() -> int:
         "bookrender_makespan_s": bookrender_makespan,
         "naive_speedup": round(naive / bookrender_makespan, 2) if naive and bookrender_makespan else None,
     }
+    if "real_comfyui" in figures:
+        real = figures["real_comfyui"]
+        summary["real_comfyui"] = (
+            {"skipped": real["skipped"]}
+            if "skipped" in real
+            else {"keep_fed_ratio": real["ratio_median"], "detection_ms": real["detection_ms"]}
+        )
     print(json.dumps(summary))
     return 0
 

@@ -385,6 +385,7 @@ def _bookrender_run(url: str, title: str) -> dict[str, Any]:
 
     started = time.time()
     book = livestack.create_book(REAL_PAGES, title=title, size=REAL_PAGE_SIZE, workflow=SLEEP_WORKFLOW)
+    created = time.time()
     if not livestack.wait_settled(book, timeout=REAL_PAGES * REAL_SLEEP_S * 20 + 60):
         raise SystemExit(f"bench: {title!r} did not finish")
     runs = list(RenderAttempt.objects.filter(page__book=book, outcome="success"))
@@ -401,11 +402,43 @@ def _bookrender_run(url: str, title: str) -> dict[str, Any]:
         for a in runs
         if a.finished_at and a.comfy_finished_at
     ]
+    first = min(runs, key=lambda a: a.started_at or a.created_at)
+    last = max(runs, key=lambda a: a.finished_at or a.created_at)
     return {
         "makespan_s": round(done - started, 3),
         **_phases(started, done, spans),
         "submissions": len(RenderAttempt.objects.filter(page__book=book)),
+        # Where the start and the end went (ms): book created (its messages published) -> first page
+        # claimed -> a slot taken and the VRAM checked (its attempt recorded) -> POST /prompt
+        # answered -> ComfyUI started it; last page: ComfyUI finished -> its end seen on the WebSocket -> Done (/history, /view,
+        # /system_stats, the image stored, the page updated).
+        "first_page_ms": {
+            "book_created": _ms(created - started),
+            "claimed": _ms(first.page.last_attempted_at.timestamp() - started)
+            if first.page.last_attempted_at
+            else None,
+            "recorded": _ms(first.created_at.timestamp() - started),
+            "submitted": _ms(first.submitted_at.timestamp() - started) if first.submitted_at else None,
+            "comfy_started": _ms(first.started_at.timestamp() - started) if first.started_at else None,
+        },
+        "last_page_ms": _end_breakdown(last),
         "detection_ms": detection,
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _end_breakdown(attempt: Any) -> dict[str, float | None]:
+    if not (attempt.finished_at and attempt.comfy_finished_at):
+        return {}
+    to_done = attempt.telemetry.get("DetectionToDoneMs")
+    total = _ms((attempt.finished_at - attempt.comfy_finished_at).total_seconds())
+    return {
+        "comfy_finished_to_seen": round(total - to_done, 1) if to_done is not None else None,
+        "seen_to_done": to_done,
+        "comfy_finished_to_done": total,
     }
 
 

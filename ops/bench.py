@@ -410,8 +410,8 @@ def _bookrender_run(url: str, title: str) -> dict[str, Any]:
         "submissions": len(RenderAttempt.objects.filter(page__book=book)),
         # Where the start and the end went (ms): book created (its messages published) -> first page
         # claimed -> a slot taken and the VRAM checked (its attempt recorded) -> POST /prompt
-        # answered -> ComfyUI started it; last page: ComfyUI finished -> its end seen on the WebSocket -> Done (/history, /view,
-        # /system_stats, the image stored, the page updated).
+        # answered -> ComfyUI started it; last page: ComfyUI finished -> its end seen on the
+        # WebSocket -> Done (/history, /view, /system_stats, the image stored, the page updated).
         "first_page_ms": {
             "book_created": _ms(created - started),
             "claimed": _ms(first.page.last_attempted_at.timestamp() - started)

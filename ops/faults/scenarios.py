@@ -587,8 +587,10 @@ def comfyui_slow_restart(ctx: Context) -> Outcome:
         sim = system.sims[0]
         book = new_book(pages, title="slow restart")
         wait_until(
-            lambda: RenderAttempt.objects.filter(page__book=book, outcome="running", submitted_at__isnull=False).count()
-            >= 2,
+            lambda: (
+                RenderAttempt.objects.filter(page__book=book, outcome="running", submitted_at__isnull=False).count()
+                >= 2
+            ),
             timeout=30,
             what="two prompts on ComfyUI",
         )

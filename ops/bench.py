@@ -335,12 +335,12 @@ def _phases(started: float, done: float, spans: list[tuple[float, float]]) -> di
     }
 
 
-def _bare_run(url: str) -> dict[str, Any]:
+def _bare_run(url: str, workflow_slug: str) -> dict[str, Any]:
     """The bare client: all prompts POSTed at once over one WebSocket, then wait for every one to
     end (``executing`` with node null). Makespan: first POST to the last end seen."""
     from renders.workflows import workflow_get
 
-    workflow = workflow_get(SLEEP_WORKFLOW)
+    workflow = workflow_get(workflow_slug)
     client_id = uuid.uuid4().hex
     graphs = [
         workflow.fill(
@@ -378,13 +378,13 @@ def _bare_run(url: str) -> dict[str, Any]:
     return {"makespan_s": round(done - started, 3), **_phases(started, done, spans)}
 
 
-def _bookrender_run(url: str, title: str) -> dict[str, Any]:
+def _bookrender_run(title: str, workflow_slug: str) -> dict[str, Any]:
     """bookrender: from creating the book to its last page Done (the database's clock, as the
     page records it), and each page's completion detection (ComfyUI finished -> page Done)."""
     from renders.models import RenderAttempt
 
     started = time.time()
-    book = livestack.create_book(REAL_PAGES, title=title, size=REAL_PAGE_SIZE, workflow=SLEEP_WORKFLOW)
+    book = livestack.create_book(REAL_PAGES, title=title, size=REAL_PAGE_SIZE, workflow=workflow_slug)
     created = time.time()
     if not livestack.wait_settled(book, timeout=REAL_PAGES * REAL_SLEEP_S * 20 + 60):
         raise SystemExit(f"bench: {title!r} did not finish")
@@ -442,7 +442,7 @@ def _end_breakdown(attempt: Any) -> dict[str, float | None]:
     }
 
 
-def _after_gc(url: str) -> None:
+def _after_gc(url: str, workflow_slug: str) -> None:
     """Put ComfyUI's idle collection just before the run, the same for both clients: stay idle
     for two GC intervals (any pending collection runs, and the last one is over 10 s old), then
     one prompt, after which ComfyUI collects at once; its end message waits for the collection,
@@ -455,7 +455,7 @@ def _after_gc(url: str) -> None:
     with warm.watch() as watcher:
         from renders.workflows import workflow_get
 
-        graph = workflow_get(SLEEP_WORKFLOW).fill(
+        graph = workflow_get(workflow_slug).fill(
             prompt="warm",
             negative_prompt="",
             seed=random.randrange(2**32),
@@ -470,10 +470,9 @@ def _after_gc(url: str) -> None:
 
 def real_keep_fed(workdir: Path) -> dict[str, Any]:
     """Keep-fed on a real ComfyUI: bookrender's makespan for REAL_PAGES TestSleep pages over a
-    bare client's for the same prompts, same instance, same run; REAL_ROUNDS rounds, alternating
-    which goes first, each after the same GC preparation (_after_gc); the median ratio counts."""
+    bare client's for the same prompts, on the same instance in the same run (_keep_fed_rounds).
+    Skipped, saying why, when no real ComfyUI is configured."""
     from ops import realcomfyui
-    from renders.reports import percentile
 
     configured = realcomfyui.configured_source()
     if configured is None:
@@ -493,37 +492,62 @@ def real_keep_fed(workdir: Path) -> dict[str, Any]:
         if "TestSleep" not in ComfyClient(comfy.url, timeout=60).node_classes():
             raise SystemExit(f"bench: ComfyUI did not load its test node pack; see {comfy.log_path}")
         env |= livestack.use_instances([comfy.url])
-        worker = livestack.start_worker(env=env, log=workdir / "worker-real.log", concurrency=2)
-        rounds: list[dict[str, Any]] = []
-        try:
-            # Warm both: the worker's processes and connections, ComfyUI's first-prompt imports.
-            _bookrender_run(comfy.url, "warm-up")
-            for number in range(REAL_ROUNDS):
-                order = ("bare", "bookrender") if number % 2 == 0 else ("bookrender", "bare")
-                result: dict[str, Any] = {"first": order[0]}
-                for who in order:
-                    _after_gc(comfy.url)
-                    _log(f"real ComfyUI: round {number + 1}/{REAL_ROUNDS}, {who}")
-                    run = _bare_run(comfy.url) if who == "bare" else _bookrender_run(comfy.url, f"real {number}")
-                    result[who] = run
-                result["ratio"] = round(result["bookrender"]["makespan_s"] / result["bare"]["makespan_s"], 3)
-                rounds.append(result)
-        finally:
-            worker.stop()
+        figures = _keep_fed_rounds(comfy.url, SLEEP_WORKFLOW, env=env, log=workdir / "worker-real.log")
+    return {"comfyui": f"{record['ref']} ({record['commit'][:12]}), CPU", **figures}
+
+
+def _keep_fed_rounds(url: str, workflow_slug: str, *, env: dict[str, str], log: Path) -> dict[str, Any]:
+    """REAL_ROUNDS rounds of (bare client, bookrender) on one ComfyUI, alternating which goes
+    first, each run after the same GC preparation (_after_gc); the median ratio counts."""
+    from renders.reports import percentile
+
+    worker = livestack.start_worker(env=env, log=log, concurrency=2)
+    rounds: list[dict[str, Any]] = []
+    try:
+        # Warm both: the worker's processes and connections, ComfyUI's first-prompt imports.
+        _bookrender_run("warm-up", workflow_slug)
+        for number in range(REAL_ROUNDS):
+            order = ("bare", "bookrender") if number % 2 == 0 else ("bookrender", "bare")
+            result: dict[str, Any] = {"first": order[0]}
+            for who in order:
+                _after_gc(url, workflow_slug)
+                _log(f"round {number + 1}/{REAL_ROUNDS}, {who}")
+                run = (
+                    _bare_run(url, workflow_slug) if who == "bare" else _bookrender_run(f"run {number}", workflow_slug)
+                )
+                result[who] = run
+            result["ratio"] = round(result["bookrender"]["makespan_s"] / result["bare"]["makespan_s"], 3)
+            rounds.append(result)
+    finally:
+        worker.stop()
     detection = [ms for r in rounds for ms in r["bookrender"].pop("detection_ms")]
     return {
         "pages": REAL_PAGES,
-        "sleep_s": REAL_SLEEP_S,
-        "comfyui": f"{record['ref']} ({record['commit'][:12]}), CPU",
+        "render_s": REAL_SLEEP_S,
         "rounds": rounds,
         "ratio_median": round(statistics.median(r["ratio"] for r in rounds), 3),
         "detection_ms": {q: round(percentile(detection, n) or 0.0, 1) for q, n in (("p50", 50), ("p95", 95))},
     }
 
 
+# What the real ComfyUI taught the simulator (issue 14): its collection pause, every 10 s.
+SIM_LIKE_REAL_ARGS = ["--render-time", str(REAL_SLEEP_S), "--idle-gc-pause", "uniform:0.6,1.8"]
+
+
+def sim_like_real_keep_fed(workdir: Path) -> dict[str, Any]:
+    """The same comparison on a simulator that pauses like ComfyUI's garbage collection
+    (SIM_LIKE_REAL_ARGS), with the model-free workflow: what the real-ComfyUI figure looks like
+    where no real ComfyUI is installed."""
+    livestack.reset_database()
+    with livestack.simulators(1, workdir=workdir / "simreal", args=SIM_LIKE_REAL_ARGS) as sims:
+        env = livestack.use_instances([sims[0].url])
+        figures = _keep_fed_rounds(sims[0].url, "model-free", env=env, log=workdir / "worker-simreal.log")
+    return {"simulator": " ".join(SIM_LIKE_REAL_ARGS), **figures}
+
+
 def main() -> int:
     livestack.setup_django()
-    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive", "real"}
+    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive", "real", "sim_like_real"}
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bookrender-bench-") as tmp:
         workdir = Path(tmp)
@@ -546,6 +570,9 @@ def main() -> int:
         if "real" in wanted:
             _log(f"keep-fed on a real ComfyUI, {REAL_PAGES} pages of TestSleep {REAL_SLEEP_S} s")
             figures["real_comfyui"] = real_keep_fed(workdir)
+        if "sim_like_real" in wanted:
+            _log(f"the same on a simulator that pauses like ComfyUI's GC ({' '.join(SIM_LIKE_REAL_ARGS)})")
+            figures["sim_like_real"] = sim_like_real_keep_fed(workdir)
     detection = figures.get("keep_fed_1", {}).get("detection_ms", []) + figures.get("keep_fed_3", {}).get(
         "detection_ms", []
     )
@@ -576,6 +603,9 @@ def main() -> int:
             if "skipped" in real
             else {"keep_fed_ratio": real["ratio_median"], "detection_ms": real["detection_ms"]}
         )
+    if "sim_like_real" in figures:
+        like = figures["sim_like_real"]
+        summary["sim_like_real"] = {"keep_fed_ratio": like["ratio_median"], "detection_ms": like["detection_ms"]}
     print(json.dumps(summary))
     return 0
 

@@ -196,7 +196,10 @@ def _publish(messages: list[tuple[int, int]], *, countdown: float = 0) -> None:
     names = render_kwargsreprs(messages)
     with app.producer_or_acquire() as producer:  # one broker connection for them all
         for message in messages:
-            render_page.apply_async(message, countdown=countdown, producer=producer, kwargsrepr=names.get(message))
+            # Celery takes kwargsrepr as a message option; its type stubs do not list it.
+            render_page.apply_async(  # type: ignore[call-arg]
+                message, countdown=countdown, producer=producer, kwargsrepr=names.get(message)
+            )
 
 
 def book_start_next(*, book_id: int) -> bool:

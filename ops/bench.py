@@ -530,8 +530,9 @@ def _keep_fed_rounds(url: str, workflow_slug: str, *, env: dict[str, str], log: 
     }
 
 
-# What the real ComfyUI taught the simulator (issue 14): its collection pause, every 10 s.
-SIM_LIKE_REAL_ARGS = ["--render-time", str(REAL_SLEEP_S), "--idle-gc-pause", "uniform:0.6,1.8"]
+# What the real ComfyUI taught the simulator (issue 14): its collection pause, every 10 s. A fixed
+# 1 s (a real one took 0.6-1.8 s), so that both clients of a round get the same pause.
+SIM_LIKE_REAL_ARGS = ["--render-time", str(REAL_SLEEP_S), "--idle-gc-pause", "1.0"]
 
 
 def sim_like_real_keep_fed(workdir: Path) -> dict[str, Any]:

@@ -328,6 +328,8 @@ def _phases(started: float, done: float, spans: list[tuple[float, float]]) -> di
     prompts, and after it finished the last one until the run saw it done (ms)."""
     gaps = [max(0.0, start - end) for (_, end), (start, _) in itertools.pairwise(spans)]
     return {
+        # ComfyUI's own time on the prompts: on a shared CPU, whatever else runs slows it too.
+        "comfy_busy_s": round(sum(end - start for start, end in spans), 3),
         "to_first_start_ms": round((spans[0][0] - started) * 1000, 1),
         "idle_between_ms": round(sum(gaps) * 1000, 1),
         "longest_idle_ms": round(max(gaps, default=0.0) * 1000, 1),

@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--history-delay", type=float, help="seconds added to every /history response")
     faults.add_argument("--latency", type=float, help="seconds added to every HTTP response")
     faults.add_argument("--startup-delay", type=float, help="seconds before it answers, at start and restart")
-    faults.add_argument("--idle-gc-pause", help='end-of-prompt pause after idling, e.g. "uniform:0.6,1.8"')
-    faults.add_argument("--idle-gc-after", type=float, help="seconds without a prompt that count as idle (10)")
+    faults.add_argument("--idle-gc-pause", help='how long a garbage collection stops it, e.g. "uniform:0.6,1.8"')
+    faults.add_argument(
+        "--idle-gc-after", type=float, help="seconds between collections (10): a prompt ending later pauses"
+    )
     faults.add_argument("--crash-after", type=int, help="the Nth prompt to start kills the process mid-render")
     faults.add_argument("--vram-total-mb", type=int)
     faults.add_argument("--vram-free-mb", type=int)

@@ -175,9 +175,10 @@ class FaultConfig:
     gpu_name: str = "NVIDIA GeForce RTX 5060 Ti"
     device_type: str = "cuda"
     oom_exception_type: str = "torch.OutOfMemoryError"
-    # What the real ComfyUI 0.3.64 did on CPU: 14-38 s from a restart to answering again, and on
-    # the first prompt after 10 s idle its gc.collect() holds the GIL, so its end (history and the
-    # last messages) comes 0.6-1.8 s late: startup_delay 20, idle_gc_pause "uniform:0.6,1.8".
+    # What the real ComfyUI 0.3.64 did on CPU: 14-38 s from a restart to answering again, and a
+    # prompt that ends over 10 s after its last gc.collect() (the first after idling, and one
+    # every 10 s of continuous work) ends 0.6-1.8 s late, the collection holding the GIL:
+    # startup_delay 20, idle_gc_pause "uniform:0.6,1.8", idle_gc_after 10 (its interval).
     startup_delay: float = 0.0
     idle_gc_pause: str = "0"
     idle_gc_after: float = 10.0
@@ -279,10 +280,8 @@ class Faults:
     def render_seconds(self) -> float:
         return self.config.render_distribution.sample(self._time_rng)
 
-    def idle_gc_seconds(self, idle: float) -> float:
-        """The pause at the end of a prompt that started after ``idle`` seconds without one."""
-        if idle < self.config.idle_gc_after:
-            return 0.0
+    def gc_pause_seconds(self) -> float:
+        """How long one garbage collection stops the server (see Simulator._collect_garbage)."""
         return parse_distribution(self.config.idle_gc_pause).sample(self._time_rng)
 
 

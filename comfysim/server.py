@@ -227,6 +227,10 @@ class Simulator:
         self.flags: dict[str, Any] = {}
         self.busy = False
         self.idle_since = time.monotonic()  # when the last prompt ended (or the server started)
+        # ComfyUI's garbage collection (main.py, prompt_worker): when it last collected, and
+        # whether a prompt ended since. Never, at start: the first prompt ends with a collection.
+        self.gc_last = float("-inf")
+        self.gc_pending = False
         self.executor = PromptExecutor(
             catalog=self.catalog,
             folders=self.folders,
@@ -495,6 +499,24 @@ class Simulator:
         os.kill(os.getpid(), signal.SIGKILL)
         os._exit(137)  # not reached where SIGKILL exists
 
+    def _collect_garbage(self, started: float) -> None:
+        """ComfyUI's prompt worker runs gc.collect() when a prompt ends more than its interval
+        (10 s) after the last collection, busy or not, and also while idle, once the interval is
+        up after a prompt. The collection holds the GIL: the whole server stops for
+        ``idle_gc_pause``, so the prompt's end reaches clients that much later. An idle-time
+        collection is not seen by clients, but it resets the interval."""
+        interval = self.faults.config.idle_gc_after
+        if self.gc_pending and self.gc_last + interval <= started:
+            self.gc_last = max(self.idle_since, self.gc_last + interval)  # collected while idle
+        now = time.monotonic()
+        if now - self.gc_last <= interval:
+            self.gc_pending = True
+            return
+        self.gc_last, self.gc_pending = now, False
+        pause = self.faults.gc_pause_seconds()
+        if pause > 0:
+            time.sleep(pause)  # blocks the event loop, as holding the GIL does
+
     async def _run(self, item: list[Any], item_id: int) -> None:
         _, prompt_id, prompt, extra_data, outputs = item
         self.interrupt_requested = False  # reset when every prompt starts, as in ComfyUI
@@ -512,7 +534,7 @@ class Simulator:
             vram_free_mb=config.vram_free_mb,
             newer_api=self.options.newer_api,
         )
-        idle = time.monotonic() - self.idle_since
+        started = time.monotonic()
         self.busy = True
         try:
             outcome = await self.executor.execute(prompt_id, prompt, extra_data, outputs, render)
@@ -521,10 +543,7 @@ class Simulator:
             raise
         finally:
             self.busy = False
-        pause = self.faults.idle_gc_seconds(idle)
-        if pause > 0:
-            # Blocks the whole server, as ComfyUI's gc.collect() holding the GIL does.
-            time.sleep(pause)
+        self._collect_garbage(started)
         self.idle_since = time.monotonic()
         status = {
             "status_str": "success" if outcome.kind == "success" else "error",

@@ -151,13 +151,14 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def restart(self, args: Iterable[str] | None = None) -> None:
-        """Start again on the same port and directories (optionally with other arguments)."""
+    def restart(self, args: Iterable[str] | None = None, *, timeout: float = START_TIMEOUT) -> None:
+        """Start again on the same port and directories (optionally with other arguments); wait
+        up to ``timeout`` for it to answer (longer with a --startup-delay)."""
         self.kill()
         if args is not None:
             self.args = list(args)
         self.process = _spawn(self.port, self, port_file=None)
-        _wait_healthy(self, port_file=None)
+        _wait_healthy(self, port_file=None, timeout=timeout)
 
     def connect_ws(self, client_id: str | None = None, *, feature_flags: bool = False) -> WsRecorder:
         return WsRecorder(self.ws_url(client_id), feature_flags=feature_flags)
@@ -183,8 +184,8 @@ def _spawn(port: int, sim: SimulatorProcess, port_file: Path | None) -> subproce
         )
 
 
-def _wait_healthy(sim: SimulatorProcess, port_file: Path | None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def _wait_healthy(sim: SimulatorProcess, port_file: Path | None, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not sim.alive():
             raise SimulatorError(f"comfysim exited with {sim.process.returncode}:\n{sim.log()[-3000:]}")
@@ -205,7 +206,7 @@ def _wait_healthy(sim: SimulatorProcess, port_file: Path | None) -> None:
             pass
         time.sleep(0.01)
     sim.kill()
-    raise SimulatorError(f"comfysim did not answer within {START_TIMEOUT}s:\n{sim.log()[-3000:]}")
+    raise SimulatorError(f"comfysim did not answer within {timeout}s:\n{sim.log()[-3000:]}")
 
 
 @contextlib.contextmanager

@@ -41,24 +41,39 @@ def _database_connection_checked(**_: object) -> None:
 def _name_the_page(sender: str | None = None, headers: dict[str, object] | None = None, **_: object) -> None:
     """Flower shows a task's kwargs: make a render task's read
     "{'book': 12, 'title': 'The Fox', 'page': 7, 'attempt': 2}" rather than "{}", so support can find
-    why page 7 of a book failed. The args stay "(431, 2)", which tools and tests parse. The
-    publishing code is untouched; a failed lookup leaves the kwargs as they were."""
-    if sender != "renders.tasks.render_page" or not headers:
+    why page 7 of a book failed. The args stay "(431, 2)", which tools and tests parse. A publisher
+    that named its pages already (renders.services._publish, one query for a whole book) is left
+    alone; a failed lookup leaves the kwargs as they were."""
+    if sender != "renders.tasks.render_page" or not headers or headers.get("kwargsrepr") not in (None, "{}"):
         return
+    page_id, attempt = _render_args(headers.get("argsrepr"))
+    if page_id is None or attempt is None:
+        return
+    named = render_kwargsreprs([(page_id, attempt)])
+    if named:
+        headers["kwargsrepr"] = named[(page_id, attempt)]
+
+
+def render_kwargsreprs(messages: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Flower's kwargs for render messages (page id, attempt), from one query; {} when the
+    database does not answer."""
     from django.db import DatabaseError
 
     from books.models import BookPage
 
-    page_id, attempt = _render_args(headers.get("argsrepr"))
-    if page_id is None:
-        return
     try:
-        row = BookPage.objects.filter(pk=page_id).values_list("book_id", "book__title", "number").first()
+        rows = BookPage.objects.filter(pk__in={page_id for page_id, _ in messages}).values_list(
+            "pk", "book_id", "book__title", "number"
+        )
+        pages = {pk: (book_id, title, number) for pk, book_id, title, number in rows}
     except DatabaseError:
-        return
-    if row is not None:
-        book_id, title, number = row
-        headers["kwargsrepr"] = repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
+        return {}
+    return {
+        (page_id, attempt): repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
+        for page_id, attempt in messages
+        if page_id in pages
+        for book_id, title, number in [pages[page_id]]
+    }
 
 
 def _render_args(argsrepr: object) -> tuple[int | None, int | None]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import websocket
 
 from ops import livestack
 from renders.reports import percentile
@@ -244,9 +247,321 @@ def naive_baseline(workdir: Path) -> float:
         return round(time.monotonic() - started, 2)
 
 
+# --- keep-fed on a real ComfyUI ------------------------------------------------------------------
+
+# 30 pages of ComfyUI's own TestSleep node (its test node pack), 0.3 s each (issue 14).
+REAL_PAGES = 30
+REAL_SLEEP_S = 0.3
+REAL_PAGE_SIZE = 64  # the image is only the vehicle; its pixel work should not count
+# Rounds of (bare client, bookrender), alternating which goes first; the median ratio is reported.
+REAL_ROUNDS = 3
+# ComfyUI's prompt worker runs gc.collect() when a prompt ends 10 s or more after its last one
+# (main.py, gc_collect_interval); the collection holds the GIL, delaying its messages 0.6-1.8 s.
+COMFY_GC_INTERVAL_S = 10.0
+SLEEP_WORKFLOW = "bench-sleep"
+# Where the test node pack sits in a ComfyUI 0.3.x checkout.
+TESTING_PACK = Path("tests") / "execution" / "testing_nodes" / "testing-pack"
+
+
+def _sleep_template() -> dict[str, Any]:
+    """A page that takes REAL_SLEEP_S on ComfyUI: the seed goes through ImageAddNoise into TestSleep,
+    so ComfyUI's cache never skips the sleep, and SaveImage gives bookrender its image."""
+    return {
+        "title": "Bench: TestSleep",
+        "output_node": "4",
+        "defaults": {"width": REAL_PAGE_SIZE, "height": REAL_PAGE_SIZE},
+        "prompt": {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": "{{WIDTH}}", "height": "{{HEIGHT}}", "batch_size": 1, "color": 0},
+            },
+            "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": "{{SEED}}", "strength": 0.1}},
+            "3": {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": REAL_SLEEP_S}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "{{FILENAME_PREFIX}}"}},
+            # The page's words (the registry's primary input): a text node, as in model-free.
+            "5": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "{{PROMPT}}"}},
+            "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+        },
+    }
+
+
+def _testing_pack_config(record: dict[str, Any], folder: Path) -> Path:
+    """An extra model-paths file that adds a custom_nodes folder holding a link to the install's
+    own test node pack: how an operator adds a node folder to one instance without touching the
+    install (the launcher passes it on as a second --extra-model-paths-config)."""
+    pack = Path(record["comfyui_dir"]) / TESTING_PACK
+    if not (pack / "__init__.py").is_file():
+        raise SystemExit(f"bench: ComfyUI's test node pack is not at {pack}")
+    nodes = folder / "custom_nodes"
+    nodes.mkdir(parents=True, exist_ok=True)
+    (nodes / "testing-pack").symlink_to(pack)
+    config = folder / "bench_nodes.yaml"
+    config.write_text(f"bench:\n  custom_nodes: {json.dumps(str(nodes))}\n")
+    return config
+
+
+def _register_sleep_workflow() -> None:
+    """The TestSleep template as a registered workflow and style (after the database reset)."""
+    from workflows.models import Style, Workflow
+    from workflows.services import version_create
+
+    template = _template(SLEEP_WORKFLOW)
+    workflow = Workflow.objects.create(name=template.title, slug=SLEEP_WORKFLOW)
+    version = version_create(
+        workflow=workflow, graph=template.graph, output_node=template.output_node, properties=template.properties_json
+    )
+    Style.objects.create(name=template.title, slug=SLEEP_WORKFLOW, version=version)
+
+
+def _template(slug: str) -> Any:
+    """A template to fill by hand (the bare client, the warm-up prompt): the bench's TestSleep one,
+    or a built-in."""
+    from renders.workflows import template_load, workflow_parse
+
+    if slug == SLEEP_WORKFLOW:
+        return workflow_parse(json.dumps(_sleep_template()), slug=SLEEP_WORKFLOW)
+    return template_load(slug)
+
+
+def _history_spans(url: str, prompt_ids: list[str]) -> list[tuple[float, float]]:
+    """(execution_start, execution_success) of each prompt, in seconds, by ComfyUI's clock."""
+    from renders.comfy import ComfyClient
+
+    client = ComfyClient(url, timeout=30)
+    spans = []
+    for prompt_id in prompt_ids:
+        entry = client.history(prompt_id)
+        if entry is None or entry.started_at_ms is None or entry.finished_at_ms is None:
+            raise SystemExit(f"bench: prompt {prompt_id} has no timestamps in ComfyUI's history")
+        spans.append((entry.started_at_ms / 1000, entry.finished_at_ms / 1000))
+    return sorted(spans)
+
+
+def _phases(started: float, done: float, spans: list[tuple[float, float]]) -> dict[str, float]:
+    """Where a run's time went: before ComfyUI started the first prompt, ComfyUI idle between
+    prompts, and after it finished the last one until the run saw it done (ms)."""
+    gaps = [max(0.0, start - end) for (_, end), (start, _) in itertools.pairwise(spans)]
+    return {
+        # ComfyUI's own time on the prompts: on a shared CPU, whatever else runs slows it too.
+        "comfy_busy_s": round(sum(end - start for start, end in spans), 3),
+        "to_first_start_ms": round((spans[0][0] - started) * 1000, 1),
+        "idle_between_ms": round(sum(gaps) * 1000, 1),
+        "longest_idle_ms": round(max(gaps, default=0.0) * 1000, 1),
+        "last_finish_to_done_ms": round((done - spans[-1][1]) * 1000, 1),
+    }
+
+
+def _bare_run(url: str, workflow_slug: str) -> dict[str, Any]:
+    """The bare client: all prompts POSTed at once over one WebSocket, then wait for every one to
+    end (``executing`` with node null). Makespan: first POST to the last end seen."""
+    workflow = _template(workflow_slug)
+    client_id = uuid.uuid4().hex
+    graphs = [
+        workflow.fill(
+            prompt=f"bare {n}",
+            negative_prompt="",
+            seed=random.randrange(2**32),
+            filename_prefix=f"bench/bare-{uuid.uuid4().hex[:8]}",
+            width=REAL_PAGE_SIZE,
+            height=REAL_PAGE_SIZE,
+        )
+        for n in range(REAL_PAGES)
+    ]
+    ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}", timeout=120)
+    session = requests.Session()
+    try:
+        started = time.time()
+        prompt_ids = [
+            session.post(f"{url}/prompt", json={"prompt": graph, "client_id": client_id}, timeout=60).json()[
+                "prompt_id"
+            ]
+            for graph in graphs
+        ]
+        waiting = set(prompt_ids)
+        while waiting:
+            frame = ws.recv()
+            if isinstance(frame, str) and '"executing"' in frame:
+                data = json.loads(frame).get("data", {})
+                if data.get("node") is None:
+                    waiting.discard(data.get("prompt_id"))
+        done = time.time()
+    finally:
+        ws.close()
+        session.close()
+    spans = _history_spans(url, prompt_ids)
+    return {"makespan_s": round(done - started, 3), **_phases(started, done, spans)}
+
+
+def _bookrender_run(title: str, workflow_slug: str) -> dict[str, Any]:
+    """bookrender: from creating the book to its last page Done (the database's clock, as the
+    page records it), and each page's completion detection (ComfyUI finished -> page Done)."""
+    from renders.models import RenderAttempt
+
+    started = time.time()
+    book = livestack.create_book(REAL_PAGES, title=title, size=REAL_PAGE_SIZE, style=workflow_slug)
+    created = time.time()
+    if not livestack.wait_settled(book, timeout=REAL_PAGES * REAL_SLEEP_S * 20 + 60):
+        raise SystemExit(f"bench: {title!r} did not finish")
+    runs = list(RenderAttempt.objects.filter(page__book=book, outcome="success"))
+    if len(runs) != REAL_PAGES or book.pages.exclude(status="done").exists():
+        raise SystemExit(f"bench: {title!r} ended with pages not Done; see the worker log")
+    done = max(a.finished_at for a in runs if a.finished_at).timestamp()
+    spans = sorted(
+        (a.started_at.timestamp(), a.comfy_finished_at.timestamp())
+        for a in runs
+        if a.started_at and a.comfy_finished_at
+    )
+    detection = [
+        (a.finished_at - a.comfy_finished_at).total_seconds() * 1000
+        for a in runs
+        if a.finished_at and a.comfy_finished_at
+    ]
+    first = min(runs, key=lambda a: a.started_at or a.created_at)
+    last = max(runs, key=lambda a: a.finished_at or a.created_at)
+    return {
+        "makespan_s": round(done - started, 3),
+        **_phases(started, done, spans),
+        "submissions": len(RenderAttempt.objects.filter(page__book=book)),
+        # Where the start and the end went (ms): book created (its messages published) -> first page
+        # claimed -> a slot taken and the VRAM checked (its attempt recorded) -> POST /prompt
+        # answered -> ComfyUI started it; last page: ComfyUI finished -> its end seen on the
+        # WebSocket -> Done (/history, /view, /system_stats, the image stored, the page updated).
+        "first_page_ms": {
+            "book_created": _ms(created - started),
+            "claimed": _ms(first.page.last_attempted_at.timestamp() - started)
+            if first.page.last_attempted_at
+            else None,
+            "recorded": _ms(first.created_at.timestamp() - started),
+            "submitted": _ms(first.submitted_at.timestamp() - started) if first.submitted_at else None,
+            "comfy_started": _ms(first.started_at.timestamp() - started) if first.started_at else None,
+        },
+        "last_page_ms": _end_breakdown(last),
+        "detection_ms": detection,
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _end_breakdown(attempt: Any) -> dict[str, float | None]:
+    if not (attempt.finished_at and attempt.comfy_finished_at):
+        return {}
+    to_done = attempt.telemetry.get("DetectionToDoneMs")
+    total = _ms((attempt.finished_at - attempt.comfy_finished_at).total_seconds())
+    return {
+        "comfy_finished_to_seen": round(total - to_done, 1) if to_done is not None else None,
+        "seen_to_done": to_done,
+        "comfy_finished_to_done": total,
+    }
+
+
+def _after_gc(url: str, workflow_slug: str) -> None:
+    """Put ComfyUI's idle collection just before the run, the same for both clients: stay idle
+    for two GC intervals (any pending collection runs, and the last one is over 10 s old), then
+    one prompt, after which ComfyUI collects at once; its end message waits for the collection,
+    and one more answer proves ComfyUI is listening again. The run then has about 10 s before the
+    next collection, which falls near its end in both clients alike (the phases show where)."""
+    from renders.comfy import ComfyClient
+
+    time.sleep(2 * COMFY_GC_INTERVAL_S + 0.5)
+    warm = ComfyClient(url, timeout=60)
+    with warm.watch() as watcher:
+        graph = _template(workflow_slug).fill(
+            prompt="warm",
+            negative_prompt="",
+            seed=random.randrange(2**32),
+            filename_prefix=f"bench/warm-{uuid.uuid4().hex[:8]}",
+            width=REAL_PAGE_SIZE,
+            height=REAL_PAGE_SIZE,
+        )
+        prompt_id = warm.submit(graph, prompt_id=str(uuid.uuid4())).prompt_id
+        watcher.wait(prompt_id, timeout=120)
+    warm.system_stats()
+
+
+def real_keep_fed(workdir: Path) -> dict[str, Any]:
+    """Keep-fed on a real ComfyUI: bookrender's makespan for REAL_PAGES TestSleep pages over a
+    bare client's for the same prompts, on the same instance in the same run (_keep_fed_rounds).
+    Skipped, saying why, when no real ComfyUI is configured."""
+    from ops import realcomfyui
+
+    configured = realcomfyui.configured_source()
+    if configured is None:
+        _log(f"real ComfyUI skipped: {realcomfyui.NOT_CONFIGURED}")
+        return {"skipped": realcomfyui.NOT_CONFIGURED}
+    _log("real ComfyUI: installing, or finding the install in the cache (a cold install takes minutes)")
+    began = time.monotonic()
+    record = realcomfyui.install(*configured)
+    _log(f"real ComfyUI: {record['name']} ready in {time.monotonic() - began:.0f} s")
+    folder = workdir / "real"
+    nodes_config = _testing_pack_config(record, folder)
+    env: dict[str, str] = {}
+    livestack.reset_database()
+    _register_sleep_workflow()
+    with realcomfyui.running(record, folder / "data", ["--extra-model-paths-config", str(nodes_config)]) as comfy:
+        from renders.comfy import ComfyClient
+
+        if "TestSleep" not in ComfyClient(comfy.url, timeout=60).node_classes():
+            raise SystemExit(f"bench: ComfyUI did not load its test node pack; see {comfy.log_path}")
+        env |= livestack.use_instances([comfy.url])
+        figures = _keep_fed_rounds(comfy.url, SLEEP_WORKFLOW, env=env, log=workdir / "worker-real.log")
+    return {"comfyui": f"{record['ref']} ({record['commit'][:12]}), CPU", **figures}
+
+
+def _keep_fed_rounds(url: str, workflow_slug: str, *, env: dict[str, str], log: Path) -> dict[str, Any]:
+    """REAL_ROUNDS rounds of (bare client, bookrender) on one ComfyUI, alternating which goes
+    first, each run after the same GC preparation (_after_gc); the median ratio counts."""
+    from renders.reports import percentile
+
+    worker = livestack.start_worker(env=env, log=log, concurrency=2)
+    rounds: list[dict[str, Any]] = []
+    try:
+        # Warm both: the worker's processes and connections, ComfyUI's first-prompt imports.
+        _bookrender_run("warm-up", workflow_slug)
+        for number in range(REAL_ROUNDS):
+            order = ("bare", "bookrender") if number % 2 == 0 else ("bookrender", "bare")
+            result: dict[str, Any] = {"first": order[0]}
+            for who in order:
+                _after_gc(url, workflow_slug)
+                _log(f"round {number + 1}/{REAL_ROUNDS}, {who}")
+                run = (
+                    _bare_run(url, workflow_slug) if who == "bare" else _bookrender_run(f"run {number}", workflow_slug)
+                )
+                result[who] = run
+            result["ratio"] = round(result["bookrender"]["makespan_s"] / result["bare"]["makespan_s"], 3)
+            rounds.append(result)
+    finally:
+        worker.stop()
+    detection = [ms for r in rounds for ms in r["bookrender"].pop("detection_ms")]
+    return {
+        "pages": REAL_PAGES,
+        "render_s": REAL_SLEEP_S,
+        "rounds": rounds,
+        "ratio_median": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "detection_ms": {q: round(percentile(detection, n) or 0.0, 1) for q, n in (("p50", 50), ("p95", 95))},
+    }
+
+
+# What the real ComfyUI taught the simulator (issue 14): its collection pause, every 10 s. A fixed
+# 1 s (a real one took 0.6-1.8 s), so that both clients of a round get the same pause.
+SIM_LIKE_REAL_ARGS = ["--render-time", str(REAL_SLEEP_S), "--idle-gc-pause", "1.0"]
+
+
+def sim_like_real_keep_fed(workdir: Path) -> dict[str, Any]:
+    """The same comparison on a simulator that pauses like ComfyUI's garbage collection
+    (SIM_LIKE_REAL_ARGS), with the model-free workflow: what the real-ComfyUI figure looks like
+    where no real ComfyUI is installed."""
+    livestack.reset_database()
+    with livestack.simulators(1, workdir=workdir / "simreal", args=SIM_LIKE_REAL_ARGS) as sims:
+        env = livestack.use_instances([sims[0].url])
+        figures = _keep_fed_rounds(sims[0].url, "model-free", env=env, log=workdir / "worker-simreal.log")
+    return {"simulator": " ".join(SIM_LIKE_REAL_ARGS), **figures}
+
+
 def main() -> int:
     livestack.setup_django()
-    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive"}
+    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive", "real", "sim_like_real"}
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bookrender-bench-") as tmp:
         workdir = Path(tmp)
@@ -266,6 +581,12 @@ def main() -> int:
         if "naive" in wanted:
             _log("the naive baseline")
             figures["naive_makespan_s"] = naive_baseline(workdir)
+        if "real" in wanted:
+            _log(f"keep-fed on a real ComfyUI, {REAL_PAGES} pages of TestSleep {REAL_SLEEP_S} s")
+            figures["real_comfyui"] = real_keep_fed(workdir)
+        if "sim_like_real" in wanted:
+            _log(f"the same on a simulator that pauses like ComfyUI's GC ({' '.join(SIM_LIKE_REAL_ARGS)})")
+            figures["sim_like_real"] = sim_like_real_keep_fed(workdir)
     detection = figures.get("keep_fed_1", {}).get("detection_ms", []) + figures.get("keep_fed_3", {}).get(
         "detection_ms", []
     )
@@ -289,6 +610,16 @@ def main() -> int:
         "bookrender_makespan_s": bookrender_makespan,
         "naive_speedup": round(naive / bookrender_makespan, 2) if naive and bookrender_makespan else None,
     }
+    if "real_comfyui" in figures:
+        real = figures["real_comfyui"]
+        summary["real_comfyui"] = (
+            {"skipped": real["skipped"]}
+            if "skipped" in real
+            else {"keep_fed_ratio": real["ratio_median"], "detection_ms": real["detection_ms"]}
+        )
+    if "sim_like_real" in figures:
+        like = figures["sim_like_real"]
+        summary["sim_like_real"] = {"keep_fed_ratio": like["ratio_median"], "detection_ms": like["detection_ms"]}
     print(json.dumps(summary))
     return 0
 

@@ -142,7 +142,9 @@ def simulators(count: int, *, workdir: Path, args: list[str] = ()) -> Iterator[l
         ]
 
 
-def create_book(pages: int, *, title: str, size: int = 256, prompts: list[str] | None = None) -> Any:
+def create_book(
+    pages: int, *, title: str, size: int = 256, prompts: list[str] | None = None, style: str = "model-free"
+) -> Any:
     """A book of ``pages`` pages, queued through the same service the web app uses."""
     from django.contrib.auth.models import User
 
@@ -152,7 +154,7 @@ def create_book(pages: int, *, title: str, size: int = 256, prompts: list[str] |
     texts = prompts or [f"page {n}" for n in range(1, pages + 1)]
     # Small pages by default: the simulator's own pixel work would otherwise count as render time.
     specs = [PageSpec(text, overrides={"width": size, "height": size}) for text in texts]
-    return book_create(owner=owner, title=title, style="model-free", pages=specs)
+    return book_create(owner=owner, title=title, style=style, pages=specs)
 
 
 def wait_settled(book: Any, *, timeout: float, interval: float = 0.05) -> bool:

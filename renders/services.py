@@ -188,12 +188,18 @@ def _publish_after_commit(pages: list[BookPage], *, countdown: float = 0) -> Non
 
 
 def _publish(messages: list[tuple[int, int]], *, countdown: float = 0) -> None:
-    from config.celery import app
+    from config.celery import app, render_kwargsreprs
     from renders.tasks import render_page
 
+    # Flower's names for the pages in one query, not one per message: a new book's first page
+    # reaches a worker sooner, and the publisher leaves the CPU to the workers sooner.
+    names = render_kwargsreprs(messages)
     with app.producer_or_acquire() as producer:  # one broker connection for them all
         for message in messages:
-            render_page.apply_async(message, countdown=countdown, producer=producer)
+            # Celery takes kwargsrepr as a message option; its type stubs do not list it.
+            render_page.apply_async(  # type: ignore[call-arg]
+                message, countdown=countdown, producer=producer, kwargsrepr=names.get(message)
+            )
 
 
 def book_start_next(*, book_id: int) -> bool:

@@ -1,191 +1,42 @@
-"""A real ComfyUI for the tests, installed by bookrender's own installer (ops/comfyui.py).
-
-The source is ``BOOKRENDER_TEST_COMFYUI_SOURCE`` (a git URL, path or bundle) at
-``BOOKRENDER_TEST_COMFYUI_REF``, with the torch pins of ops/comfyui-source.toml and one custom node,
-the "done marker" (tests/fixtures/comfyui/done_marker), from a git repository made here. The install
-lives in ``BOOKRENDER_TEST_COMFYUI_CACHE`` (outside the checkout), keyed by the resolved commit and
-every pin, so only the first run pays for it. Without a source the tests skip, or fail when
-``BOOKRENDER_REQUIRE_COMFYUI`` is set (as .ci/run does).
-"""
+"""The tests' real ComfyUI (ops/realcomfyui.py): skipped without a source, or failed when one is
+required (``BOOKRENDER_REQUIRE_COMFYUI``, as .ci/run sets it)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 
-from ops.comfyui import START_TIMEOUT_SEC, free_port, read_record, wait_until_serving
+from ops import realcomfyui
+from ops.realcomfyui import DONE_MARKER_CLASS, RealComfyUI
 
-ROOT = Path(__file__).resolve().parent.parent
-DONE_MARKER = ROOT / "tests" / "fixtures" / "comfyui" / "done_marker"
-DONE_MARKER_CLASS = "BookrenderDoneMarker"
-# Fixed author and dates make the node repository's commit id, and so the install's key, the same
-# on every run and every machine: the cached install stays valid.
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "bookrender tests",
-    "GIT_AUTHOR_EMAIL": "tests@bookrender.invalid",
-    "GIT_COMMITTER_NAME": "bookrender tests",
-    "GIT_COMMITTER_EMAIL": "tests@bookrender.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
-
-
-def cache_dir() -> Path:
-    return Path(settings.BOOKRENDER_TEST_COMFYUI_CACHE).expanduser().resolve()
+__all__ = ["DONE_MARKER_CLASS", "RealComfyUI", "ensure_installed", "running_comfyui", "source_or_skip"]
 
 
 def source_or_skip() -> tuple[str, str]:
     """(git source, ref); skips the test without one, or fails it when one is required."""
-    source = settings.BOOKRENDER_TEST_COMFYUI_SOURCE
-    if not source:
-        message = "BOOKRENDER_TEST_COMFYUI_SOURCE is not set: no real ComfyUI to test against"
+    configured = realcomfyui.configured_source()
+    if configured is None:
         if settings.BOOKRENDER_REQUIRE_COMFYUI:
-            pytest.fail(f"BOOKRENDER_REQUIRE_COMFYUI is set, but {message}", pytrace=False)
-        pytest.skip(message)
-    # A relative path is relative to the checkout (.ci/run passes ../shared/vendor/...).
-    if not source.startswith(("http://", "https://", "git@", "ssh://", "file://")):
-        source = str((ROOT / source).resolve())
-    return source, settings.BOOKRENDER_TEST_COMFYUI_REF
-
-
-def git(*args: str, cwd: Path) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, env=os.environ | _GIT_IDENTITY
-    )
-    return result.stdout.strip()
-
-
-def done_marker_repo(cache: Path) -> tuple[Path, str]:
-    """A git repository holding the done-marker node, rebuilt from the fixture; (path, commit)."""
-    repo = cache / "nodes" / "done-marker"
-    shutil.rmtree(repo, ignore_errors=True)
-    repo.mkdir(parents=True)
-    for path in sorted(DONE_MARKER.iterdir()):
-        if path.is_file():
-            shutil.copy(path, repo / path.name)
-    git("init", "--quiet", "--initial-branch=main", cwd=repo)
-    git("add", "--all", cwd=repo)
-    git("commit", "--quiet", "--no-gpg-sign", "-m", "done marker node", cwd=repo)
-    return repo, git("rev-parse", "HEAD", cwd=repo)
-
-
-def source_toml(cache: Path, repo: Path, commit: str) -> Path:
-    """The tests' declaration: the project's pins plus the done-marker node."""
-    declared: dict[str, Any] = tomllib.loads((ROOT / "ops" / "comfyui-source.toml").read_text())["comfyui"]
-    lines = ["[comfyui]", 'git_url = "unused; given on the command line"', 'ref = "unused"']
-    for key in ("torch", "torch_packages", "extra_packages", "constraints"):
-        lines.append(f"{key} = {_toml_value(declared[key])}")
-    lines += ["", "[[custom_nodes]]", 'name = "done-marker"', f"git_url = {_toml_value(str(repo))}"]
-    lines.append(f'commit = "{commit}"')
-    path = cache / "source.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            pytest.fail(f"BOOKRENDER_REQUIRE_COMFYUI is set, but {realcomfyui.NOT_CONFIGURED}", pytrace=False)
+        pytest.skip(realcomfyui.NOT_CONFIGURED)
+    return configured
 
 
 def ensure_installed() -> dict[str, Any]:
     """Install (or find in the cache) the tests' ComfyUI; its install record."""
     source, ref = source_or_skip()
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    # One installer at a time per cache, whichever test process or checkout gets there first.
-    with (cache / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        repo, commit = done_marker_repo(cache)
-        declaration = source_toml(cache, repo, commit)
-        home = cache / "home"
-        log = cache / "install.log"
-        command = [sys.executable, "-m", "ops.comfyui", "--home", str(home), "install"]
-        command += ["--source", str(declaration), "--git-url", source, "--ref", ref, "--cpu"]
-        with log.open("w") as out:
-            result = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"installing ComfyUI failed; {log}:\n{log.read_text()[-4000:]}", pytrace=False)
-        # The install this declaration names, not necessarily the home's current one.
-        name = next(
-            line.split()[1].rstrip(":")
-            for line in log.read_text().splitlines()
-            if line.startswith("install ") and ":" in line
-        )
-        record = read_record(home / "installs" / name / "install.json")
-        assert record is not None, f"no install record for {name}"
-        return record
-
-
-@dataclass
-class RealComfyUI:
-    """One ComfyUI instance (instance 0 of the install's launcher) on a free port, on CPU."""
-
-    launcher: Path
-    data_dir: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output_dir(self) -> Path:
-        return self.data_dir / "output" / "0"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "comfyui.log"
-
-    def start(self) -> None:
-        env = os.environ | {"CUI_DATA_DIR": str(self.data_dir), "CUI_PORT_BASE": str(self.port)}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(self.launcher), "0", "--cpu"], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-
-    def wait_ready(self) -> None:
-        problem = wait_until_serving(self.url, self.process, timeout=START_TIMEOUT_SEC)
-        if problem:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise AssertionError(f"ComfyUI at {self.url}: {problem}\n{tail}")
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    try:
+        return realcomfyui.install(source, ref)
+    except realcomfyui.InstallFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @contextmanager
 def running_comfyui(data_dir: Path) -> Iterator[RealComfyUI]:
-    record = ensure_installed()
-    comfy = RealComfyUI(Path(record["launcher"]), data_dir, free_port())
-    comfy.start()
-    try:
-        comfy.wait_ready()
+    with realcomfyui.running(ensure_installed(), data_dir) as comfy:
         yield comfy
-    finally:
-        comfy.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -395,3 +396,17 @@ def test_the_first_prompt_after_idling_ends_late_like_comfyuis_garbage_collectio
     submitted = time.monotonic()
     sim.wait_for_history(sim.submit(image_graph("after-idle"))["prompt_id"], timeout=30)
     assert time.monotonic() - submitted >= 1.5
+
+
+def test_continuous_work_also_pauses_once_per_collection_interval_like_comfyui(start_sim):
+    sim = start_sim("--render-time", "0.2", "--idle-gc-pause", "0.5", "--idle-gc-after", "1")
+    ids = [sim.submit(image_graph(f"busy-{n}", color=n))["prompt_id"] for n in range(8)]
+    entries = [sim.wait_for_history(prompt_id, timeout=60) for prompt_id in ids]
+
+    def stamp(entry: dict[str, Any], event: str) -> float:
+        return next(data["timestamp"] for name, data in entry["status"]["messages"] if name == event) / 1000
+
+    spans = sorted((stamp(e, "execution_start"), stamp(e, "execution_success")) for e in entries)
+    paused = [start - end for (_, end), (start, _) in itertools.pairwise(spans) if start - end >= 0.5]
+    # The first prompt ever ends with a collection, and 1.6 s of work holds at least one more.
+    assert len(paused) >= 2

@@ -29,6 +29,19 @@ def test_a_render_task_names_its_book_page_and_attempt_for_flower(alice, broker)
     assert headers["task"] == "renders.tasks.render_page"
 
 
+def test_a_new_books_render_tasks_are_named_for_flower_too(alice, broker, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        book = book_create(owner=alice, title="The Owl", style="model-free", pages=[PageSpec("a"), PageSpec("b")])
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    # Kombu pushes on the left and workers pop on the right: the right end is page 1's message.
+    messages = [json.loads(raw)["headers"] for raw in reversed(client.lrange("celery", 0, -1))]
+    pages = {page.number: page for page in book.pages.all()}
+    assert [h["kwargsrepr"] for h in messages] == [
+        repr({"book": book.pk, "title": "The Owl", "page": n, "attempt": 1}) for n in (1, 2)
+    ]
+    assert [h["argsrepr"] for h in messages] == [f"({pages[n].pk}, 1)" for n in (1, 2)]
+
+
 def test_the_maintenance_tasks_send_no_task_events():
     assert app.tasks["renders.tasks.sweep"].send_events is False
     assert app.tasks["renders.tasks.probe_instances"].send_events is False

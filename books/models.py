@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 
 class Book(models.Model):
@@ -24,6 +25,14 @@ class Book(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class BookPageQuerySet(models.QuerySet["BookPage"]):
+    def update(self, **kwargs: object) -> int:
+        """Every change to a page moves its ``updated_at`` (``auto_now`` covers only ``save()``),
+        so the status page's live update can send just the cards changed since its last poll."""
+        kwargs.setdefault("updated_at", Now())
+        return super().update(**kwargs)
 
 
 class BookPage(models.Model):
@@ -78,7 +87,10 @@ class BookPage(models.Model):
     image_attempt = models.PositiveIntegerField(null=True, blank=True)
     rendered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Moved by every save and every queryset update (BookPageQuerySet): the live update's cursor.
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = BookPageQuerySet.as_manager()
 
     class Meta:
         ordering = ["book", "number"]

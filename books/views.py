@@ -53,7 +53,7 @@ from books.services import (
     page_version_pick,
     regenerate_throttle,
 )
-from books.status import page_counts, status_context
+from books.status import status_context
 
 Status = BookPage.Status
 ACTIVE = (Status.QUEUED, Status.RENDERING)
@@ -154,9 +154,11 @@ def book_status(request: HttpRequest, book_id: int) -> HttpResponse:
 @require_GET
 def book_cards(request: HttpRequest, book_id: int) -> HttpResponse:
     """The live part of the status page (summary and page cards), which its script fetches every
-    two seconds while pages render; the same partial the full page includes."""
+    two seconds while pages render; the same partial the full page includes. With ``?since=`` (the
+    ``data-cursor`` of the previous answer) only the cards changed since then."""
     book = _get_book_for_user(request, book_id)
-    response = render(request, "books/_book_live.html", status_context(request, book))
+    context = status_context(request, book, since=request.GET.get("since", ""))
+    response = render(request, "books/_book_live.html", context)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -240,13 +242,31 @@ def _result_as_json(result: RegenerateResult) -> dict[str, Any]:
 @require_GET
 def api_book(request: HttpRequest, book_id: int) -> JsonResponse:
     book = _get_book_for_user(request, book_id)
-    return JsonResponse(book_as_json(book, internals=request.user.is_staff))
+    after = request.GET.get("after", "0")
+    if not after.isdigit():
+        return JsonResponse({"error": "after must be a page number, like ?after=500."}, status=400)
+    return JsonResponse(book_as_json(book, internals=request.user.is_staff, after=int(after)))
 
 
-def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
-    """The API's view of a book; without ``internals`` (not staff) errors carry no ComfyUI URLs or
-    raw exception text."""
-    pages = list(book.pages.order_by("number"))  # one read: the counts and the pages agree
+# One answer of the API holds at most this many pages; "next" asks for the following ones.
+API_PAGES_PER_ANSWER = 500
+
+
+def book_as_json(book: Book, *, internals: bool, after: int = 0) -> dict[str, Any]:
+    """The API's view of a book: the counts of the whole book, and its pages after page ``after``
+    (at most API_PAGES_PER_ANSWER; ``next`` is the URL of the rest, or None). Without
+    ``internals`` (not staff) errors carry no ComfyUI URLs or raw exception text."""
+    statuses = list(book.pages.order_by("number").values_list("pk", "status"))
+    wanted = book.pages.filter(number__gt=after).order_by("number")[: API_PAGES_PER_ANSWER + 1]
+    pages = list(wanted)
+    more = len(pages) > API_PAGES_PER_ANSWER
+    pages = pages[:API_PAGES_PER_ANSWER]
+    # The counts take the pages' status from the rows the answer shows, so the two agree.
+    read = {page.pk: page.status for page in pages}
+    counts = {status.value: 0 for status in Status}
+    for pk, status in statuses:
+        counts[read.get(pk, status)] += 1
+    counts["total"] = len(statuses)
 
     def shown(entry: dict[str, Any]) -> dict[str, Any]:
         return entry if internals else error_public(entry)
@@ -255,8 +275,9 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
         "id": book.pk,
         "title": book.title,
         "workflow": book.workflow,
-        "counts": page_counts(pages),
+        "counts": counts,
         "regenerate_url": reverse("books:regenerate", args=[book.pk]),
+        "next": (reverse("books:api_book", args=[book.pk]) + f"?after={pages[-1].number}") if more else None,
         "pages": [
             {
                 "number": page.number,

@@ -159,6 +159,10 @@ COMFY_MAX_RETRIES = env_int("COMFY_MAX_RETRIES", 3, minimum=0)
 # Seconds to wait before retry 1, 2, 3, ...; the last value repeats. ±10% jitter is added.
 COMFY_RETRY_BACKOFF_SEC = env_float_list("COMFY_RETRY_BACKOFF_SEC", [15, 45, 90])
 COMFY_ALLOW_PARALLEL_PAGES = env_bool("COMFY_ALLOW_PARALLEL_PAGES", True)
+# Fair scheduling: at most this many of one owner's pages are rendering or have a due message in
+# the queue; the rest wait in the database and are published as those finish (renders.services
+# pages_publish_fair). 0: twice the slots of the enabled instances (at least 4).
+BOOKRENDER_OWNER_WINDOW = env_int("BOOKRENDER_OWNER_WINDOW", 0, minimum=0)
 # A render that has not finished after this long is cancelled on ComfyUI and retried.
 COMFY_RENDER_TIMEOUT_SEC = env_float("COMFY_RENDER_TIMEOUT_SEC", 600, minimum=1)
 # Below this much free VRAM the worker frees memory and waits instead of submitting (seed 002's

@@ -128,8 +128,7 @@ def book_new(request: HttpRequest) -> HttpResponse:
                 book_check(**fields)
                 preview = form.pages
             elif wait := book_create_throttle(user=request.user):
-                form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
-                return render(request, "books/book_new.html", {"form": form}, status=429)
+                return _too_many_books(request, wait, form=form)
             else:
                 book = book_create(owner=request.user, **fields)
                 count = book.pages.count()
@@ -138,6 +137,26 @@ def book_new(request: HttpRequest) -> HttpResponse:
         except BookInputError as exc:
             form.add_input_errors(exc)
     return render(request, "books/book_new.html", {"form": form, "preview": preview})
+
+
+def _too_many_books(
+    request: HttpRequest, wait: int, *, form: BookForm | None, book: Book | None = None
+) -> HttpResponse:
+    """429 with Retry-After: JSON for scripts; the form again with its pages (New book), or the
+    status page's message (Duplicate book)."""
+    text = f"Too many new books: try again in {wait} s."
+    if _wants_json(request):
+        response: HttpResponse = JsonResponse({"error": text, "retry_after": wait}, status=429)
+    elif form is not None:
+        form.add_error(None, f"{text} Your pages are still here.")
+        response = render(request, "books/book_new.html", {"form": form}, status=429)
+    else:
+        assert book is not None
+        messages.error(request, text)
+        response = redirect("books:status", book_id=book.pk)
+        return response  # a redirect: the browser shows the message on the status page
+    response["Retry-After"] = str(wait)
+    return response
 
 
 # --- the status page and its live parts -----------------------------------------------------------
@@ -486,6 +505,8 @@ def page_move_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
 def book_duplicate_view(request: HttpRequest, book_id: int) -> HttpResponse:
     book = _get_own_book(request, book_id)
     assert isinstance(request.user, User)
+    if wait := book_create_throttle(user=request.user):  # a copy is a new book, up to MAX_PAGES renders
+        return _too_many_books(request, wait, form=None, book=book)
     copy = book_duplicate(book=book, by=request.user)
     count = copy.pages.count()
     messages.success(request, f"“{copy.title}” was created: {count} page{pluralize(count)} queued.")

@@ -544,6 +544,20 @@ def page_fail(
     return decision
 
 
+def attempt_failure_text(*, page_id: int, attempt: int, outcome: str) -> str:
+    """One line for Flower about a failed attempt: "page 7 of book 12 “The Fox”, attempt 2 failed
+    (oom: ComfyUI ran out of GPU memory…); it will be retried" (or "it needs attention")."""
+    page = BookPage.objects.select_related("book").filter(pk=page_id).first()
+    if page is None:
+        return f"page id {page_id}, attempt {attempt} failed; the page was deleted since"
+    error = next((e for e in reversed(page.image_error) if e.get("attempt") == attempt), None)
+    what = f"{error.get('kind')}: {str(error.get('message'))[:300]}" if error else "no error recorded"
+    then = "it will be retried" if outcome == "retry" else "it needs attention"
+    return (
+        f"page {page.number} of book {page.book_id} “{page.book.title[:60]}”, attempt {attempt} failed ({what}); {then}"
+    )
+
+
 def page_hand_back(*, claim: Claim) -> bool:
     """Put a page whose worker lost its database connection back in the queue, same attempt: the
     next worker re-attaches to its prompt on ComfyUI, as after a lapsed lease."""

@@ -167,3 +167,40 @@ def test_the_api_answers_a_large_book_in_bounded_parts(alice_client, alice, monk
         }
     )
     assert alice_client.get(f"/api/books/{book.pk}?after=x").status_code == 400
+
+
+# --- creating books: bounded, and throttled per user ----------------------------------------------
+
+
+def test_creating_the_largest_book_allowed_costs_the_same_statements_as_a_small_one(alice):
+    from books.services import MAX_PAGES, BookInputError
+
+    def statements(pages: int) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            book_create(
+                owner=alice, title="Big", workflow="model-free", pages=[PageSpec(f"p{n}") for n in range(pages)]
+            )
+        return len(queries)
+
+    assert statements(MAX_PAGES) == statements(3)
+    with pytest.raises(BookInputError):  # a larger book is refused before anything is written
+        book_create(
+            owner=alice, title="Too big", workflow="model-free", pages=[PageSpec("p") for _ in range(MAX_PAGES + 1)]
+        )
+
+
+def test_too_many_new_books_get_429_with_retry_after_in_json_and_html(alice, alice_client, book, settings):
+    settings.BOOKRENDER_NEW_BOOKS_PER_HOUR = 1
+    form = {"title": "Heron", "workflow": "model-free", "text": "A heron.", "confirm": "1", "expected_pages": "1"}
+    assert alice_client.post("/books/new", form).status_code == 302
+
+    html = alice_client.post("/books/new", form)
+    as_json = alice_client.post("/books/new", form, HTTP_ACCEPT="application/json")
+    copy = alice_client.post(f"/books/{book.pk}/duplicate", HTTP_ACCEPT="application/json")
+
+    assert html.status_code == 429 and html["Retry-After"] == "3600"
+    assert "Too many new books: try again in 3600 s." in html.content.decode()
+    assert as_json.status_code == 429 and as_json["Retry-After"] == "3600"
+    assert as_json.json() == {"error": "Too many new books: try again in 3600 s.", "retry_after": 3600}
+    assert copy.status_code == 429  # a copy is a new book too
+    assert Book.objects.filter(owner=alice).count() == 2  # the fixture's book and the first heron

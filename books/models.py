@@ -138,3 +138,19 @@ class PageVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.page} version {self.attempt}"
+
+
+class Webhook(models.Model):
+    """A user's webhook: when one of their books settles, bookrender POSTs a JSON event to ``url``,
+    signed with HMAC-SHA256 of the body under ``secret`` (books/webhooks.py)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook")
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(auto_now=True)
+    # The outcome of the latest delivery, shown on the settings page: "" (none yet), "ok", or why not.
+    last_result = models.CharField(max_length=300, blank=True, default="")
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"webhook of {self.user}"

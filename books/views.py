@@ -32,7 +32,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from books.errors import error_advice, error_in_plain_words, error_public
 from books.forms import BookForm, PageForm
 from books.images import book_pdf, book_zip, page_thumbnail
-from books.models import Book, BookPage, PageVersion
+from books.models import Book, BookPage, PageVersion, Webhook
 from books.services import (
     BookInputError,
     PageEditError,
@@ -54,6 +54,7 @@ from books.services import (
     regenerate_throttle,
 )
 from books.status import status_context
+from books.webhooks import WebhookError, webhook_save
 
 Status = BookPage.Status
 ACTIVE = (Status.QUEUED, Status.RENDERING)
@@ -386,11 +387,19 @@ def book_gallery(request: HttpRequest, book_id: int) -> HttpResponse:
     opened = None
     if request.GET.get("page", "").isdigit() and int(request.GET["page"]) in numbers:
         index = numbers.index(int(request.GET["page"]))
+        page = pages[index]
+        # The version strip: every kept version, newest first; ?version=A shows that one here.
+        versions = list(page.versions.order_by("-attempt").values_list("attempt", flat=True))
+        wanted = request.GET.get("version", "")
+        viewing = int(wanted) if wanted.isdigit() and int(wanted) in versions else page.image_attempt
         opened = {
-            "page": pages[index],
+            "page": page,
             "previous": numbers[index - 1] if index > 0 else None,
             "next": numbers[index + 1] if index + 1 < len(numbers) else None,
             "zoom": request.GET.get("zoom") == "1",
+            "versions": versions if len(versions) > 1 else [],
+            "viewing": viewing,
+            "owner": book.owner_id == request.user.pk,
         }
     total = book.pages.count()
     return render(
@@ -571,4 +580,31 @@ def page_version_choose_view(request: HttpRequest, book_id: int, number: int, at
     except (BookPage.DoesNotExist, PageVersion.DoesNotExist):
         raise Http404(f"page {number} has no version from attempt {attempt}") from None
     messages.success(request, f"Page {number} now shows its image from attempt {attempt}.")
-    return redirect(reverse("books:status", args=[book.pk]) + f"#page-{number}")
+    return HttpResponseRedirect(_back(request, reverse("books:status", args=[book.pk]) + f"#page-{number}"))
+
+
+# --- the owner's webhook ----------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhook_view(request: HttpRequest) -> HttpResponse:
+    """Set or remove the URL that gets a signed JSON event when one of your books settles."""
+    assert isinstance(request.user, User)
+    hook = Webhook.objects.filter(user=request.user).first()
+    error = ""
+    url = request.POST.get("url", "").strip() if request.method == "POST" else (hook.url if hook else "")
+    if request.method == "POST":
+        if "remove" in request.POST:
+            Webhook.objects.filter(user=request.user).delete()
+            messages.success(request, "Your webhook was removed: no more events are sent.")
+            return redirect("books:webhook")
+        try:
+            webhook_save(user=request.user, url=url)
+        except WebhookError as exc:
+            error = str(exc)
+        else:
+            messages.success(request, "Saved: the next book that finishes or needs attention is sent there.")
+            return redirect("books:webhook")
+    status = 400 if error else 200
+    return render(request, "books/webhook.html", {"hook": hook, "url": url, "error": error}, status=status)

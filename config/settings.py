@@ -266,6 +266,7 @@ CELERY_TASK_ROUTES = {
     "renders.tasks.probe_instances": {"queue": "maintenance"},
     # Emails when a book settles: never behind the render work, nor held up while ComfyUI is down.
     "books.tasks.notify_book": {"queue": "maintenance"},
+    "books.tasks.send_webhook": {"queue": "maintenance"},
 }
 # The maintenance tasks run every second or so: no task events for them, so Flower lists the render
 # tasks people ask about (see also config/celery.py, which stops beat's task-sent events).
@@ -297,6 +298,9 @@ EMAIL_USE_TLS = env_bool("BOOKRENDER_EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("BOOKRENDER_FROM_EMAIL", "bookrender@localhost")
 # The address people reach the site at, for the links in emails.
 BOOKRENDER_SITE_URL = env_str("BOOKRENDER_SITE_URL", "http://127.0.0.1:8000")
+# Users' webhooks may point at loopback and private addresses only when this is on (a webhook is a
+# request the server makes for a user: left open, it reaches whatever the server can reach).
+BOOKRENDER_WEBHOOK_ALLOW_PRIVATE = env_bool("BOOKRENDER_WEBHOOK_ALLOW_PRIVATE", False)
 
 # --- Health checks and auto-repair (ops/health, ops/repair) --------------------------------------
 # Read where they are used; registered here so the env file may set them (renders.E002) and a

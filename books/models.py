@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 
 class Book(models.Model):
@@ -28,6 +29,14 @@ class Book(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class BookPageQuerySet(models.QuerySet["BookPage"]):
+    def update(self, **kwargs: object) -> int:
+        """Every change to a page moves its ``updated_at`` (``auto_now`` covers only ``save()``),
+        so the status page's live update can send just the cards changed since its last poll."""
+        kwargs.setdefault("updated_at", Now())
+        return super().update(**kwargs)
 
 
 class BookPage(models.Model):
@@ -85,7 +94,10 @@ class BookPage(models.Model):
     image_attempt = models.PositiveIntegerField(null=True, blank=True)
     rendered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Moved by every save and every queryset update (BookPageQuerySet): the live update's cursor.
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = BookPageQuerySet.as_manager()
 
     class Meta:
         ordering = ["book", "number"]
@@ -140,3 +152,19 @@ class PageVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.page} version {self.attempt}"
+
+
+class Webhook(models.Model):
+    """A user's webhook: when one of their books settles, bookrender POSTs a JSON event to ``url``,
+    signed with HMAC-SHA256 of the body under ``secret`` (books/webhooks.py)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook")
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(auto_now=True)
+    # The outcome of the latest delivery, shown on the settings page: "" (none yet), "ok", or why not.
+    last_result = models.CharField(max_length=300, blank=True, default="")
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"webhook of {self.user}"

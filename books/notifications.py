@@ -18,7 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from books.models import Book, BookPage
+from books.models import Book, BookPage, Webhook
+from books.webhooks import webhook_event
 
 Status = BookPage.Status
 log = logging.getLogger("bookrender.notifications")
@@ -30,7 +31,8 @@ def book_notify_if_settled(*, book_id: int) -> bool:
     1. A page still pending or rendering: not settled, nothing to say.
     2. Claim the notice: set ``notified_at`` only if it is older than the newest page change, and
        check that exactly one row changed (two pages settling at once both get here; one sends).
-    3. Send one email saying how many pages are done and how many need attention."""
+    3. Queue the owner's webhook event, if they set one (books/webhooks.py).
+    4. Send one email saying how many pages are done and how many need attention."""
     pages = BookPage.objects.filter(book_id=book_id)
     if pages.filter(status__in=(Status.QUEUED, Status.RENDERING)).exists():
         return False
@@ -45,11 +47,15 @@ def book_notify_if_settled(*, book_id: int) -> bool:
     if claimed != 1:
         return False
     book = Book.objects.select_related("owner").get(pk=book_id)
-    if not book.owner.email:
-        return False
     done = pages.filter(status=Status.DONE).count()
     failed = pages.filter(status=Status.FAILED).count()
     url = settings.BOOKRENDER_SITE_URL.rstrip("/") + reverse("books:status", args=[book.pk])
+    if Webhook.objects.filter(user_id=book.owner_id).exists():
+        from books.tasks import send_webhook
+
+        send_webhook.delay(book.owner_id, webhook_event(book, done=done, failed=failed, url=url))
+    if not book.owner.email:
+        return False
     if failed:
         subject = (
             f"“{book.title}”: {failed} page{'s' if failed != 1 else ''} need{'s' if failed == 1 else ''} attention"

@@ -5,19 +5,24 @@ Everything comes from one read of the book's pages, so the summary and the cards
 
 from __future__ import annotations
 
+import hashlib
 import math
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.http import urlencode
 
 from books.errors import error_advice, error_in_plain_words, error_public, error_technical
 from books.models import Book, BookPage, PageVersion
 from renders.estimates import book_estimate
+from renders.lease import db_now
 from renders.models import ComfyInstance, RenderAttempt
 from workflows.services import page_values
 
@@ -32,10 +37,53 @@ FILTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
+# The status page shows this many cards at a time (``?part=2`` shows the next ones), so a
+# 10,000-page book is not one 4 MB page; the summary always counts the whole book.
+CARDS_PER_PART = 200
+# A live update sends the pages changed since its cursor, minus this much: a change is stamped
+# (updated_at = now()) when its statement starts, and may commit a moment after a poll read past it.
+LIVE_OVERLAP = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class LiveCursor:
+    """Where a tab's last live update left off: the database time of its read, the first pending
+    page (the "Waiting for page N" of a book drawn in order) and a digest of everything else a
+    card depends on besides its own row (which pages the view shows, any image server up)."""
+
+    at: datetime
+    first_active: int | None
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.at.timestamp():.6f}~{self.first_active or 0}~{self.digest}"
+
+    @classmethod
+    def parse(cls, text: str) -> LiveCursor | None:
+        """None for anything malformed: the tab then gets every card, as on a first load."""
+        try:
+            at, first, digest = text.split("~")
+            return cls(datetime.fromtimestamp(float(at), tz=UTC), int(first) or None, digest)
+        except (ValueError, OverflowError, OSError):
+            return None
+
+
+def status_context(request: HttpRequest, book: Book, *, since: str = "") -> dict[str, Any]:
     """What the status page shows; the admin's status view shows the same. ``?status=failed``
-    (or pending, done) shows only those pages; the counts are always the whole book's."""
-    pages = list(book.pages.order_by("number"))
+    (or pending, done) shows only those pages, ``?part=2`` the next CARDS_PER_PART of them; the
+    counts are always the whole book's.
+
+    With ``since`` (the ``cursor`` of an earlier answer) only the cards changed since then are
+    rendered (``partial``), and the summary: a poll of a 500-page book where nothing changed reads
+    each page's status and time, and renders no card. The summary counts the same rows the cards
+    show, so they never disagree."""
+    now = _statement_time()
+    previous = LiveCursor.parse(since) if since else None
+    if previous is None:
+        pages = list(book.pages.order_by("number"))
+    else:
+        # Only what the counts, the estimate and the waits need; the changed pages are read in full.
+        pages = list(book.pages.order_by("number").only("book", "number", "status", "next_attempt_at", "updated_at"))
     counts = page_counts(pages)
     if request.user.pk == book.owner_id:
         actions = "owner"
@@ -44,11 +92,31 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
     else:
         actions = ""
     chosen = request.GET.get("status", "")
-    shown = [page for page in pages if chosen not in FILTERS or page.status in FILTERS[chosen][1]]
+    matching = [page for page in pages if chosen not in FILTERS or page.status in FILTERS[chosen][1]]
+    parts = max(1, math.ceil(len(matching) / CARDS_PER_PART))
+    part = min(int(request.GET["part"]), parts) if request.GET.get("part", "").isdigit() else 1
+    part = max(part, 1)
+    shown = matching[(part - 1) * CARDS_PER_PART : part * CARDS_PER_PART]
     context = _WaitContext(pages, any_instance_up=_any_instance_up() if counts[Status.QUEUED] else True)
-    successes = _successful_attempts([page for page in shown if page.image_attempt])
-    versions = _versions([page for page in shown if page.image_attempt])
+    first_active = context.first_active if context.sequential else None
+    digest = hashlib.sha1(
+        repr((context.any_instance_up, counts["total"], [page.number for page in shown])).encode()
+    ).hexdigest()[:12]
+    cursor = LiveCursor(now, first_active, digest)
+    partial = previous is not None and previous.digest == digest
+    if previous is not None and not partial:
+        return status_context(request, book)  # other cards than the tab has: send them all
+    if previous is not None:
+        fresh = _changed(shown, previous=previous, first_active=first_active)
+        shown = [fresh[page.pk] for page in shown if page.pk in fresh]
+        # The summary counts the rows the cards show, read just now.
+        pages = [fresh.get(page.pk, page) for page in pages]
+        counts = page_counts(pages)
+    shown_with_image = [page for page in shown if page.image_attempt]
+    successes = _successful_attempts(shown_with_image)
+    versions = _versions(shown_with_image)
     tab_state, tab_title = tab_state_and_title(book, counts)
+    query = {key: value for key, value in (("status", chosen if chosen in FILTERS else ""), ("part", part)) if value}
     return {
         "book": book,
         "tab_state": tab_state,
@@ -63,6 +131,9 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
             )
             for page in shown
         ],
+        "partial": partial,
+        "cursor": str(cursor),
+        "first_active": first_active,
         "counts": counts,
         "active": counts[Status.QUEUED] + counts[Status.RENDERING] > 0,
         # Its place in the queue and when it should be done, from measured render times.
@@ -73,7 +144,47 @@ def status_context(request: HttpRequest, book: Book) -> dict[str, Any]:
         "actions": actions,
         "filter": chosen if chosen in FILTERS else "",
         "filters": [(key, label, sum(counts[s] for s in statuses)) for key, (label, statuses) in FILTERS.items()],
+        "live_query": urlencode(query if part > 1 else {k: v for k, v in query.items() if k != "part"}),
+        "parts": [
+            {
+                "number": n,
+                "first": matching[(n - 1) * CARDS_PER_PART].number,
+                "last": matching[min(n * CARDS_PER_PART, len(matching)) - 1].number,
+                "query": urlencode({**query, "part": n}),
+            }
+            for n in range(1, parts + 1)
+        ]
+        if parts > 1
+        else [],
+        "part": part,
     }
+
+
+def _statement_time() -> datetime:
+    """The database's clock now, as the ``Now()`` that stamps ``updated_at`` reads it (on
+    PostgreSQL the statement's time, not the transaction's)."""
+    if connection.vendor != "postgresql":
+        return db_now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT STATEMENT_TIMESTAMP()")
+        value: datetime = cursor.fetchone()[0]
+    return value
+
+
+def _changed(shown: list[BookPage], *, previous: LiveCursor, first_active: int | None) -> dict[int, BookPage]:
+    """The pages among ``shown`` (read with few fields) changed since ``previous``, read in full,
+    in one query, by id. Besides the pages whose row changed: when the first pending page of a
+    book drawn in order moved, the pages between the old and the new one (the script rewrites
+    the "Waiting for page N" of the others); when there was none before or is none now, all."""
+    since = previous.at - LIVE_OVERLAP
+    wanted = {page.pk for page in shown if page.updated_at is None or page.updated_at >= since}
+    if first_active != previous.first_active:
+        low, high = sorted((first_active or 0, previous.first_active or 0))
+        wanted |= {page.pk for page in shown if low <= page.number <= high or not (low and high)}
+    if not wanted:
+        return {}
+    # A page deleted since the light read is simply left out; the next poll's digest sees it.
+    return {page.pk: page for page in BookPage.objects.filter(pk__in=wanted)}
 
 
 def tab_state_and_title(book: Book, counts: dict[str, int]) -> tuple[str, str]:
@@ -201,6 +312,7 @@ def page_wait(page: BookPage, *, waits: _WaitContext) -> dict[str, Any] | None:
         return {
             **wait,
             "text": f"Waiting for page {waits.first_active}",
+            "behind": True,  # the live script rewrites the number as the book moves on
             "reason": "This book is drawn one page at a time, in order.",
         }
     return {**wait, "text": "Waiting for a free GPU", "reason": ""}

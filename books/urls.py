@@ -8,6 +8,7 @@ app_name = "books"
 urlpatterns = [
     path("books/", views.book_list, name="list"),
     path("books/new", views.book_new, name="new"),
+    path("account/webhook", views.webhook_view, name="webhook"),
     path("books/<int:book_id>/", views.book_status, name="status"),
     path("books/<int:book_id>/pages", views.book_cards, name="cards"),
     path("books/<int:book_id>/pages/<int:number>/image", views.page_image, name="page_image"),

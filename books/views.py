@@ -33,7 +33,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from books.errors import error_advice, error_in_plain_words, error_public
 from books.forms import BookForm, PageForm
 from books.images import book_pdf, book_zip, page_thumbnail
-from books.models import Book, BookPage, PageVersion
+from books.models import Book, BookPage, PageVersion, Webhook
 from books.services import (
     BookInputError,
     PageEditError,
@@ -54,8 +54,9 @@ from books.services import (
     page_version_pick,
     regenerate_throttle,
 )
-from books.status import page_counts, status_context
+from books.status import status_context
 from books.storage import STORAGE_ERRORS, StorageUnavailable, file_response, media_kind
+from books.webhooks import WebhookError, webhook_save
 
 Status = BookPage.Status
 STORAGE_DOWN = "The file storage did not answer, so the image was not saved; nothing changed. Try again in a minute."
@@ -136,8 +137,7 @@ def book_new(request: HttpRequest) -> HttpResponse:
                 book_check(**fields)
                 preview = fields["pages"]
             elif wait := book_create_throttle(user=request.user):
-                form.add_error(None, f"Too many new books: try again in {wait} s. Your pages are still here.")
-                return render(request, "books/book_new.html", {"form": form}, status=429)
+                return _too_many_books(request, wait, form=form)
             else:
                 book = book_create(owner=request.user, **fields)
                 count = book.pages.count()
@@ -148,6 +148,26 @@ def book_new(request: HttpRequest) -> HttpResponse:
         except BookInputError as exc:
             form.add_input_errors(exc)
     return render(request, "books/book_new.html", {"form": form, "preview": preview})
+
+
+def _too_many_books(
+    request: HttpRequest, wait: int, *, form: BookForm | None, book: Book | None = None
+) -> HttpResponse:
+    """429 with Retry-After: JSON for scripts; the form again with its pages (New book), or the
+    status page's message (Duplicate book)."""
+    text = f"Too many new books: try again in {wait} s."
+    if _wants_json(request):
+        response: HttpResponse = JsonResponse({"error": text, "retry_after": wait}, status=429)
+    elif form is not None:
+        form.add_error(None, f"{text} Your pages are still here.")
+        response = render(request, "books/book_new.html", {"form": form}, status=429)
+    else:
+        assert book is not None
+        messages.error(request, text)
+        response = redirect("books:status", book_id=book.pk)
+        return response  # a redirect: the browser shows the message on the status page
+    response["Retry-After"] = str(wait)
+    return response
 
 
 # --- the status page and its live parts -----------------------------------------------------------
@@ -164,9 +184,11 @@ def book_status(request: HttpRequest, book_id: int) -> HttpResponse:
 @require_GET
 def book_cards(request: HttpRequest, book_id: int) -> HttpResponse:
     """The live part of the status page (summary and page cards), which its script fetches every
-    two seconds while pages render; the same partial the full page includes."""
+    two seconds while pages render; the same partial the full page includes. With ``?since=`` (the
+    ``data-cursor`` of the previous answer) only the cards changed since then."""
     book = _get_book_for_user(request, book_id)
-    response = render(request, "books/_book_live.html", status_context(request, book))
+    context = status_context(request, book, since=request.GET.get("since", ""))
+    response = render(request, "books/_book_live.html", context)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -277,13 +299,31 @@ def _result_as_json(result: RegenerateResult) -> dict[str, Any]:
 @require_GET
 def api_book(request: HttpRequest, book_id: int) -> JsonResponse:
     book = _get_book_for_user(request, book_id)
-    return JsonResponse(book_as_json(book, internals=request.user.is_staff))
+    after = request.GET.get("after", "0")
+    if not after.isdigit():
+        return JsonResponse({"error": "after must be a page number, like ?after=500."}, status=400)
+    return JsonResponse(book_as_json(book, internals=request.user.is_staff, after=int(after)))
 
 
-def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
-    """The API's view of a book; without ``internals`` (not staff) errors carry no ComfyUI URLs or
-    raw exception text."""
-    pages = list(book.pages.order_by("number"))  # one read: the counts and the pages agree
+# One answer of the API holds at most this many pages; "next" asks for the following ones.
+API_PAGES_PER_ANSWER = 500
+
+
+def book_as_json(book: Book, *, internals: bool, after: int = 0) -> dict[str, Any]:
+    """The API's view of a book: the counts of the whole book, and its pages after page ``after``
+    (at most API_PAGES_PER_ANSWER; ``next`` is the URL of the rest, or None). Without
+    ``internals`` (not staff) errors carry no ComfyUI URLs or raw exception text."""
+    statuses = list(book.pages.order_by("number").values_list("pk", "status"))
+    wanted = book.pages.filter(number__gt=after).order_by("number")[: API_PAGES_PER_ANSWER + 1]
+    pages = list(wanted)
+    more = len(pages) > API_PAGES_PER_ANSWER
+    pages = pages[:API_PAGES_PER_ANSWER]
+    # The counts take the pages' status from the rows the answer shows, so the two agree.
+    read = {page.pk: page.status for page in pages}
+    counts = {status.value: 0 for status in Status}
+    for pk, status in statuses:
+        counts[read.get(pk, status)] += 1
+    counts["total"] = len(statuses)
 
     def shown(entry: dict[str, Any]) -> dict[str, Any]:
         return entry if internals else error_public(entry)
@@ -294,8 +334,9 @@ def book_as_json(book: Book, *, internals: bool) -> dict[str, Any]:
         "style": book.style.slug,
         "workflow": str(book.workflow_version),
         "values": book.values,
-        "counts": page_counts(pages),
+        "counts": counts,
         "regenerate_url": reverse("books:regenerate", args=[book.pk]),
+        "next": (reverse("books:api_book", args=[book.pk]) + f"?after={pages[-1].number}") if more else None,
         "pages": [
             {
                 "number": page.number,
@@ -388,11 +429,19 @@ def book_gallery(request: HttpRequest, book_id: int) -> HttpResponse:
     opened = None
     if request.GET.get("page", "").isdigit() and int(request.GET["page"]) in numbers:
         index = numbers.index(int(request.GET["page"]))
+        page = pages[index]
+        # The version strip: every kept version, newest first; ?version=A shows that one here.
+        versions = list(page.versions.order_by("-attempt").values_list("attempt", flat=True))
+        wanted = request.GET.get("version", "")
+        viewing = int(wanted) if wanted.isdigit() and int(wanted) in versions else page.image_attempt
         opened = {
-            "page": pages[index],
+            "page": page,
             "previous": numbers[index - 1] if index > 0 else None,
             "next": numbers[index + 1] if index + 1 < len(numbers) else None,
             "zoom": request.GET.get("zoom") == "1",
+            "versions": versions if len(versions) > 1 else [],
+            "viewing": viewing,
+            "owner": book.owner_id == request.user.pk,
         }
     total = book.pages.count()
     return render(
@@ -520,6 +569,8 @@ def page_move_view(request: HttpRequest, book_id: int, number: int) -> HttpRespo
 def book_duplicate_view(request: HttpRequest, book_id: int) -> HttpResponse:
     book = _get_own_book(request, book_id)
     assert isinstance(request.user, User)
+    if wait := book_create_throttle(user=request.user):  # a copy is a new book, up to MAX_PAGES renders
+        return _too_many_books(request, wait, form=None, book=book)
     copy = book_duplicate(book=book, by=request.user)
     count = copy.pages.count()
     messages.success(request, f"“{copy.title}” was created: {count} page{pluralize(count)} queued.")
@@ -582,4 +633,31 @@ def page_version_choose_view(request: HttpRequest, book_id: int, number: int, at
     except (BookPage.DoesNotExist, PageVersion.DoesNotExist):
         raise Http404(f"page {number} has no version from attempt {attempt}") from None
     messages.success(request, f"Page {number} now shows its image from attempt {attempt}.")
-    return redirect(reverse("books:status", args=[book.pk]) + f"#page-{number}")
+    return HttpResponseRedirect(_back(request, reverse("books:status", args=[book.pk]) + f"#page-{number}"))
+
+
+# --- the owner's webhook ----------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhook_view(request: HttpRequest) -> HttpResponse:
+    """Set or remove the URL that gets a signed JSON event when one of your books settles."""
+    assert isinstance(request.user, User)
+    hook = Webhook.objects.filter(user=request.user).first()
+    error = ""
+    url = request.POST.get("url", "").strip() if request.method == "POST" else (hook.url if hook else "")
+    if request.method == "POST":
+        if "remove" in request.POST:
+            Webhook.objects.filter(user=request.user).delete()
+            messages.success(request, "Your webhook was removed: no more events are sent.")
+            return redirect("books:webhook")
+        try:
+            webhook_save(user=request.user, url=url)
+        except WebhookError as exc:
+            error = str(exc)
+        else:
+            messages.success(request, "Saved: the next book that finishes or needs attention is sent there.")
+            return redirect("books:webhook")
+    status = 400 if error else 200
+    return render(request, "books/webhook.html", {"hook": hook, "url": url, "error": error}, status=status)

@@ -244,6 +244,10 @@ COMFY_MAX_RETRIES = env_int("COMFY_MAX_RETRIES", 3, minimum=0)
 # Seconds to wait before retry 1, 2, 3, ...; the last value repeats. ±10% jitter is added.
 COMFY_RETRY_BACKOFF_SEC = env_float_list("COMFY_RETRY_BACKOFF_SEC", [15, 45, 90])
 COMFY_ALLOW_PARALLEL_PAGES = env_bool("COMFY_ALLOW_PARALLEL_PAGES", True)
+# Fair scheduling: at most this many of one owner's pages are rendering or have a due message in
+# the queue; the rest wait in the database and are published as those finish (renders.services
+# pages_publish_fair). 0: twice the slots of the enabled instances (at least 4).
+BOOKRENDER_OWNER_WINDOW = env_int("BOOKRENDER_OWNER_WINDOW", 0, minimum=0)
 # A render that has not finished after this long is cancelled on ComfyUI and retried.
 COMFY_RENDER_TIMEOUT_SEC = env_float("COMFY_RENDER_TIMEOUT_SEC", 600, minimum=1)
 # Below this much free VRAM the worker frees memory and waits instead of submitting (seed 002's
@@ -348,6 +352,7 @@ CELERY_TASK_ROUTES = {
     "renders.tasks.probe_instances": {"queue": "maintenance"},
     # Emails when a book settles: never behind the render work, nor held up while ComfyUI is down.
     "books.tasks.notify_book": {"queue": "maintenance"},
+    "books.tasks.send_webhook": {"queue": "maintenance"},
 }
 # The maintenance tasks run every second or so: no task events for them, so Flower lists the render
 # tasks people ask about (see also config/celery.py, which stops beat's task-sent events).
@@ -379,6 +384,9 @@ EMAIL_USE_TLS = env_bool("BOOKRENDER_EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("BOOKRENDER_FROM_EMAIL", "bookrender@localhost")
 # The address people reach the site at, for the links in emails.
 BOOKRENDER_SITE_URL = env_str("BOOKRENDER_SITE_URL", "http://127.0.0.1:8000")
+# Users' webhooks may point at loopback and private addresses only when this is on (a webhook is a
+# request the server makes for a user: left open, it reaches whatever the server can reach).
+BOOKRENDER_WEBHOOK_ALLOW_PRIVATE = env_bool("BOOKRENDER_WEBHOOK_ALLOW_PRIVATE", False)
 
 # --- Health checks and auto-repair (ops/health, ops/repair) --------------------------------------
 # Read where they are used; registered here so the env file may set them (renders.E002) and a

@@ -559,9 +559,91 @@ def sim_like_real_keep_fed(workdir: Path) -> dict[str, Any]:
     return {"simulator": " ".join(SIM_LIKE_REAL_ARGS), **figures}
 
 
+LIVE_PAGES = 500
+
+
+def live_updates(pages: int = LIVE_PAGES, reps: int = 5) -> dict[str, Any]:
+    """The status page of a 500-page book and its live update: bytes and server time (the median
+    of ``reps`` requests through Django's test client, in this process) of the full page, of a
+    poll when nothing changed and of a poll after one page changed. No worker runs: the pages stay
+    as the bench puts them."""
+    import re
+    import statistics
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from books.models import BookPage
+    from books.services import PageSpec, book_create
+
+    livestack.reset_database()
+    owner = User.objects.create_user("bench-reader", password="unused")
+    book = book_create(
+        owner=owner, title="Bench", style="model-free", pages=[PageSpec(f"Page {n}") for n in range(pages)]
+    )
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(owner)
+    # A change is sent on the polls that come within this long of it (books.status.LIVE_OVERLAP;
+    # 0 on code that has no cursor): wait it out so each poll measures only its own change.
+    try:
+        from books.status import LIVE_OVERLAP
+
+        settle = LIVE_OVERLAP.total_seconds() + 1
+    except ImportError:
+        settle = 0.0
+    time.sleep(settle)
+
+    def get(path: str) -> tuple[int, float, int, str]:
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            response = client.get(path)
+            took = time.perf_counter() - started
+        assert response.status_code == 200, (path, response.status_code)
+        html = response.content.decode()
+        return len(response.content), took * 1000, len(queries), html
+
+    def cursor(html: str) -> str:
+        found = re.search(r'data-cursor="([^"]+)"', html)
+        return f"?since={found.group(1)}" if found else ""
+
+    def measure(runs: list[tuple[int, float, int, str]]) -> dict[str, float]:
+        return {
+            "bytes": statistics.median(run[0] for run in runs),
+            "server_ms": round(statistics.median(run[1] for run in runs), 1),
+            "statements": statistics.median(run[2] for run in runs),
+            "cards": statistics.median(run[3].count('<li class="page-card') for run in runs),
+        }
+
+    full = [get(f"/books/{book.pk}/") for _ in range(reps)]
+    since = cursor(full[-1][3])
+    quiet = []
+    for _ in range(reps):
+        quiet.append(get(f"/books/{book.pk}/pages{since}"))
+        since = cursor(quiet[-1][3]) or since
+    changed = []
+    for number in range(1, reps + 1):
+        # The tab polled since the last change went by (a change is resent until then).
+        time.sleep(settle)
+        since = cursor(get(f"/books/{book.pk}/pages{since}")[3]) or since
+        BookPage.objects.filter(book=book, number=number * 7).update(status=BookPage.Status.DONE)
+        changed.append(get(f"/books/{book.pk}/pages{since}"))
+        since = cursor(changed[-1][3]) or since
+    livestack.reset_database()
+    return {
+        "pages": pages,
+        "status_page": measure(full),
+        "poll_nothing_changed": measure(quiet),
+        "poll_one_page_changed": measure(changed),
+    }
+
+
 def main() -> int:
     livestack.setup_django()
-    wanted = set(sys.argv[1:]) or {"keep_fed", "capacity", "recovery", "memory", "naive", "real", "sim_like_real"}
+    wanted = set(sys.argv[1:]) or {
+        "keep_fed", "capacity", "recovery", "memory", "naive", "live", "real", "sim_like_real"
+    }  # fmt: skip
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bookrender-bench-") as tmp:
         workdir = Path(tmp)
@@ -587,6 +669,9 @@ def main() -> int:
         if "sim_like_real" in wanted:
             _log(f"the same on a simulator that pauses like ComfyUI's GC ({' '.join(SIM_LIKE_REAL_ARGS)})")
             figures["sim_like_real"] = sim_like_real_keep_fed(workdir)
+        if "live" in wanted:
+            _log(f"the status page and its live update, {LIVE_PAGES} pages")
+            figures["live"] = live_updates()
     detection = figures.get("keep_fed_1", {}).get("detection_ms", []) + figures.get("keep_fed_3", {}).get(
         "detection_ms", []
     )
@@ -609,6 +694,11 @@ def main() -> int:
         # The same 60 pages on the same single ComfyUI as the naive loop.
         "bookrender_makespan_s": bookrender_makespan,
         "naive_speedup": round(naive / bookrender_makespan, 2) if naive and bookrender_makespan else None,
+        "live_poll_bytes": {
+            key: figures["live"][key]["bytes"] for key in ("poll_nothing_changed", "poll_one_page_changed")
+        }
+        if "live" in figures
+        else None,
     }
     if "real_comfyui" in figures:
         real = figures["real_comfyui"]

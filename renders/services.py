@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -39,7 +40,7 @@ from books.models import Book, BookPage, PageVersion
 from renders import events
 from renders.comfy import ComfyError, ErrorKind, WaitResult
 from renders.lease import Claim, ClaimLost, Superseded, db_in, db_now
-from renders.models import RenderAttempt
+from renders.models import ComfyInstance, RenderAttempt
 from renders.routing import slot_renew
 from renders.telemetry import telemetry_finalize
 
@@ -131,12 +132,16 @@ def pages_enqueue(
                 next_attempt_at=Now(),
                 lease_expires_at=None,
                 claim=None,
-                published_at=Now() if parallel else None,
+                published_at=None,  # parallel books: pages_publish_fair publishes them, in turn
                 needs_regeneration=False,
                 job_metadata=group[0].job_metadata,
                 updated_at=Now(),
             )
-        _publish_after_commit(changed)
+        if parallel:
+            book_ids = sorted({page.book_id for page in changed})
+            transaction.on_commit(lambda: _publish_fair_for_books(book_ids), robust=True)
+        else:
+            _publish_after_commit(changed)
     return [results[page_id] for page_id in page_ids]
 
 
@@ -226,6 +231,59 @@ def book_start_next(*, book_id: int) -> bool:
         message = [(head.pk, head.attempt)]
         transaction.on_commit(lambda: _publish(message, countdown=due_in), robust=True)
     return True
+
+
+def owner_window() -> int:
+    """How many of one owner's pages may be rendering or due in the queue at once
+    (BOOKRENDER_OWNER_WINDOW, or twice the enabled instances' slots: enough to keep every slot
+    fed while a finished page's successor is published)."""
+    if settings.BOOKRENDER_OWNER_WINDOW:
+        return int(settings.BOOKRENDER_OWNER_WINDOW)
+    slots = ComfyInstance.objects.filter(enabled=True).aggregate(n=Sum("slots"))["n"]
+    return max(4, 2 * (slots or 2 * len(settings.COMFYUI_URLS)))
+
+
+def pages_publish_fair(*, owner_ids: Sequence[int]) -> int:
+    """Fair scheduling across owners (parallel books): publish each owner's next unpublished
+    queued pages, oldest first, until the owner has ``owner_window()`` pages rendering or due in
+    the queue. Returns how many were published.
+
+    Celery's queue is one FIFO list: publishing a 10,000-page book at once would put every other
+    owner behind it. Instead a new book's pages wait in the database (QUEUED, ``published_at``
+    NULL) and each owner holds at most a window of the queue, topped up when one of their pages
+    settles, after a retry is scheduled, and by the sweeper (so a lost top-up costs one sweep).
+    The row stays the truth: a page is published under its row lock, once (``skip_locked`` lets a
+    concurrent top-up take the next pages instead), and the claim checks as before."""
+    published = 0
+    window = owner_window() if owner_ids else 0
+    early_sec = EARLY_TOLERANCE_SEC
+    early = timedelta(seconds=early_sec)
+    for owner_id in sorted(set(owner_ids)):
+        with transaction.atomic():
+            mine = BookPage.objects.filter(book__owner_id=owner_id)
+            # In flight: rendering, or queued with its message due (published when due, or its
+            # retry's or deferral's countdown is over); a page waiting out a backoff is not.
+            due = Q(next_attempt_at__lte=Now()) | Q(next_attempt_at__lte=F("published_at") + early)
+            in_flight = mine.filter(
+                Q(status=Status.RENDERING) | Q(due, status=Status.QUEUED, published_at__isnull=False)
+            )
+            free = window - in_flight.count()
+            if free <= 0:
+                continue
+            waiting = (
+                mine.filter(status=Status.QUEUED, published_at__isnull=True, next_attempt_at__lte=db_in(early_sec))
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("next_attempt_at", "pk")
+                .only("pk", "attempt")[:free]
+            )
+            pages = list(waiting)
+            if not pages:
+                continue
+            BookPage.objects.filter(pk__in=[page.pk for page in pages]).update(published_at=Now())
+            due_now = [(page.pk, page.attempt) for page in pages]
+            transaction.on_commit(partial(_publish, due_now), robust=True)
+            published += len(pages)
+    return published
 
 
 def _needs_republish(page: BookPage, now: datetime) -> bool:
@@ -490,11 +548,27 @@ def page_fail(
         _close_attempt(record, RenderAttempt.Outcome.FAILED, telemetry=telemetry, error=entry)
         if decision == "retry":
             _publish_after_commit([page], countdown=delay)
+            if settings.COMFY_ALLOW_PARALLEL_PAGES:
+                _after_page_settles(page)  # its backoff frees its place in the owner's window
         else:
             _after_page_settles(page)
         instance = str(entry["instance"])
         transaction.on_commit(lambda: events.emit(event, page=page, attempt=attempt, instance=instance, error=entry))
     return decision
+
+
+def attempt_failure_text(*, page_id: int, attempt: int, outcome: str) -> str:
+    """One line for Flower about a failed attempt: "page 7 of book 12 “The Fox”, attempt 2 failed
+    (oom: ComfyUI ran out of GPU memory…); it will be retried" (or "it needs attention")."""
+    page = BookPage.objects.select_related("book").filter(pk=page_id).first()
+    if page is None:
+        return f"page id {page_id}, attempt {attempt} failed; the page was deleted since"
+    error = next((e for e in reversed(page.image_error) if e.get("attempt") == attempt), None)
+    what = f"{error.get('kind')}: {str(error.get('message'))[:300]}" if error else "no error recorded"
+    then = "it will be retried" if outcome == "retry" else "it needs attention"
+    return (
+        f"page {page.number} of book {page.book_id} “{page.book.title[:60]}”, attempt {attempt} failed ({what}); {then}"
+    )
 
 
 def page_hand_back(*, claim: Claim) -> bool:
@@ -564,9 +638,18 @@ def page_attempt_record(*, claim: Claim, record: RenderAttempt, meta: dict[str, 
 
 
 def _after_page_settles(page: BookPage) -> None:
+    """A page left the window of pages in flight (done, failed, cancelled, or waiting to retry):
+    the next page of its book (sequential) or of its owner (parallel, fair) goes out."""
+    book_id = page.book_id
     if not settings.COMFY_ALLOW_PARALLEL_PAGES:
-        book_id = page.book_id
         transaction.on_commit(lambda: book_start_next(book_id=book_id), robust=True)
+        return
+    transaction.on_commit(lambda: _publish_fair_for_books([book_id]), robust=True)
+
+
+def _publish_fair_for_books(book_ids: Sequence[int]) -> None:
+    owners = Book.objects.filter(pk__in=book_ids).values_list("owner_id", flat=True).distinct()
+    pages_publish_fair(owner_ids=list(owners))
 
 
 def retry_delay(retry_number: int) -> float:
@@ -625,15 +708,21 @@ def pages_sweep() -> SweepResult:
         for book_id in list(books):
             result.republished += int(book_start_next(book_id=book_id))
         return result
+    # Pages never published wait for their owner's turn (pages_publish_fair), not for this.
     overdue = BookPage.objects.filter(
-        status=Status.QUEUED, next_attempt_at__lt=now - timedelta(seconds=OVERDUE_AFTER_SEC)
-    ).filter(Q(published_at__isnull=True) | Q(published_at__lt=now - timedelta(seconds=REPUBLISH_AFTER_SEC)))
+        status=Status.QUEUED,
+        next_attempt_at__lt=now - timedelta(seconds=OVERDUE_AFTER_SEC),
+        published_at__lt=now - timedelta(seconds=REPUBLISH_AFTER_SEC),
+    )
     candidates = list(overdue.order_by("next_attempt_at")[: REPUBLISH_BATCH * 2])
     due = [page for page in candidates if _needs_republish(page, now)][:REPUBLISH_BATCH]
     if due:
         BookPage.objects.filter(pk__in=[page.pk for page in due]).update(published_at=now)
         _publish([(page.pk, page.attempt) for page in due])
         result.republished = len(due)
+    waiting = BookPage.objects.filter(status=Status.QUEUED, published_at__isnull=True)
+    owners = list(waiting.values_list("book__owner_id", flat=True).distinct())
+    result.republished += pages_publish_fair(owner_ids=owners)
     return result
 
 

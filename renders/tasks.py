@@ -8,15 +8,26 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from renders import render, routing, services
 
 
-@shared_task(name="renders.tasks.render_page", ignore_result=True)
+class AttemptFailed(Exception):
+    """Raised by render_page after a failed attempt was recorded, so Flower (and every Celery
+    event consumer) shows the attempt as FAILURE with the book, page and error named. Nothing
+    about the page depends on it: the database already holds the retry or the failure, Celery does
+    not retry (no autoretry), and the message is acknowledged like any that ends (acks_late acks a
+    task that raised; only a lost worker requeues)."""
+
+
+@shared_task(name="renders.tasks.render_page", ignore_result=True, throws=(AttemptFailed,))
 def render_page(page_id: int, attempt: int) -> str:
     try:
-        return render.page_render(page_id=page_id, attempt=attempt)
+        outcome = render.page_render(page_id=page_id, attempt=attempt)
     except (OperationalError, InterfaceError):
         # The database went away before the page was claimed: nothing changed. The sweeper
         # publishes the page again once it is overdue.
         close_old_connections()
         return "database unavailable"
+    if outcome in ("retry", "failed"):
+        raise AttemptFailed(services.attempt_failure_text(page_id=page_id, attempt=attempt, outcome=outcome))
+    return outcome
 
 
 # When the sweeper last ran: the health server's proof that beat (and a worker) are alive.

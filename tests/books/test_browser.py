@@ -450,3 +450,56 @@ def test_a_long_title_wraps_on_a_phone_and_in_the_admin(alice, admin_user, live_
     assert tab.evaluate("document.documentElement.scrollWidth") <= 1280
     tab.screenshot(path=str(ARTIFACTS / "admin-long-title.png"), full_page=True)
     desktop.close()
+
+
+def test_an_owner_stops_a_book_picks_a_version_and_keeps_it_through_a_failed_regenerate(
+    alice, live_server, simulator, start_worker, broker, tab
+):
+    from playwright.sync_api import expect
+
+    tab.on("dialog", lambda dialog: dialog.accept())  # the "are you sure?" of Stop rendering, Regenerate
+    sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
+
+    # No worker yet: the pages stay pending. Stop one page, then the rest of the book.
+    stop = book_create(
+        owner=alice, title="Stop Me", style="model-free", pages=[PageSpec(f"Mile {n}") for n in (1, 2, 3)]
+    )
+    tab.goto(f"{live_server.url}/books/{stop.pk}/")
+    tab.locator("#page-3").get_by_role("button", name="Stop page").click()
+    expect(tab.locator(".messages")).to_contain_text("Stopped 1 page: they will not be drawn.")
+    expect(tab.locator("#page-3 .badge")).to_have_text("Cancelled")
+    expect(tab.locator("#page-1 .badge")).to_have_text("Pending")
+    tab.click("#stop-book")
+    expect(tab.locator(".messages")).to_contain_text("Stopped 2 pages")
+    for number in (1, 2, 3):
+        expect(tab.locator(f"#page-{number} .badge")).to_have_text("Cancelled")
+    expect(tab.locator("#stop-book")).to_have_count(0)
+    assert set(stop.pages.values_list("status", flat=True)) == {Status.CANCELLED}
+    tab.screenshot(path=str(ARTIFACTS / "status-stopped.png"), full_page=True)
+
+    # Versions: a regenerate adds one, and one click shows the earlier one again.
+    simulator.set_faults(render_time="0.3")
+    start_worker(COMFYUI_URLS=simulator.url, COMFY_RETRY_BACKOFF_SEC="0.2")
+    book = book_create(owner=alice, title="Versions", style="model-free", pages=[PageSpec("A red fox")])
+    wait_for(lambda: book.pages.get().status == Status.DONE, timeout=RENDER_TIMEOUT_MS / 1000)
+    tab.goto(f"{live_server.url}/books/{book.pk}/")
+    card = tab.locator("#page-1")
+    card.get_by_role("button", name="Regenerate page").click()
+    expect(tab.locator(".messages")).to_contain_text("Page 1 queued for rendering.")
+    expect(card.locator(".version.is-chosen")).to_have_text("attempt 2 (shown)", timeout=RENDER_TIMEOUT_MS)
+    card.get_by_role("button", name="Show attempt 1").click()
+    expect(tab.locator(".messages")).to_contain_text("Page 1 now shows its image from attempt 1.")
+    expect(card.locator(".version.is-chosen")).to_have_text("attempt 1 (shown)")
+    expect(card.locator("img")).to_have_attribute("src", f"/books/{book.pk}/pages/1/thumb?v=1")
+    tab.screenshot(path=str(ARTIFACTS / "status-versions.png"), full_page=True)
+
+    # A regenerate that fails (ComfyUI refuses every attempt) leaves the chosen image on the card.
+    simulator.set_faults(validation={"rate": 1.0})
+    card.get_by_role("button", name="Regenerate page").click()
+    expect(card.locator(".badge")).to_have_text("Needs attention", timeout=RENDER_TIMEOUT_MS)
+    expect(card.locator("img")).to_have_attribute("src", f"/books/{book.pk}/pages/1/thumb?v=1")
+    image = card.locator("img")
+    wait_for(lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"), timeout=10)
+    expect(card.locator(".page-note")).to_contain_text("The image shown is the page's chosen version")
+    assert BookPage.objects.get(book=book).image_attempt == 1
+    tab.screenshot(path=str(ARTIFACTS / "status-failed-regenerate.png"), full_page=True)

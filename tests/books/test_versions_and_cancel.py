@@ -92,3 +92,22 @@ def test_a_rendering_page_shows_its_progress_and_the_book_its_estimate(alice_cli
     html = alice_client.get(f"/books/{book.pk}/").content.decode()
     assert '<span class="page-progress">45%</span>' in html
     assert 'id="book-estimate"' in html and "no estimate yet" in html  # nothing measured yet
+
+
+def test_the_gallery_shows_a_pages_versions_and_chooses_one(alice_client, bob_client, book):
+    two_versions(book)
+    gallery = f"/books/{book.pk}/gallery"
+
+    shown = alice_client.get(f"{gallery}?page=1").content.decode()
+    assert 'id="lightbox-versions"' in shown
+    assert 'aria-current="true">attempt 2 (chosen)</a>' in shown and ">attempt 1</a>" in shown
+    assert 'id="lightbox-choose"' not in shown  # the chosen one is on view
+
+    older = alice_client.get(f"{gallery}?page=1&version=1").content.decode()
+    assert f'src="/books/{book.pk}/pages/1/versions/1"' in older
+    assert "Choose attempt 1 for the page" in older
+    assert 'id="lightbox-choose"' not in bob_client.get(f"{gallery}?page=1&version=1").content.decode()
+
+    response = alice_client.post(f"/books/{book.pk}/pages/1/versions/1/choose", {"next": f"{gallery}?page=1"})
+    assert response.status_code == 302 and response["Location"] == f"{gallery}?page=1"
+    assert book.pages.get(number=1).image_attempt == 1

@@ -68,3 +68,24 @@ def test_every_attempt_gets_a_fresh_seed_and_prompt_id(alice, simulator, start_w
     page.refresh_from_db()
     assert page.image.name != first_image  # a regenerate is never served from ComfyUI's cache
     assert page.job_metadata["requests"][0]["by"] == "user:test"
+
+
+def test_a_second_owners_small_book_finishes_while_the_first_owners_large_book_waits(
+    alice, bob, simulator, start_worker, broker, settings
+):
+    """Fair scheduling: alice's 30 pages do not hold the one FIFO queue; bob's page, created just
+    after them, goes out after at most alice's window, and nothing is lost or drawn twice."""
+    settings.BOOKRENDER_OWNER_WINDOW = 2
+    simulator.set_faults(render_time="0.3")
+    start_worker(COMFYUI_URLS=simulator.url, concurrency=2, BOOKRENDER_OWNER_WINDOW="2")
+    large = make_book(alice, [f"mile {n}" for n in range(1, 31)])
+    small = make_book(bob, ["a heron in fog"])
+
+    wait_for(lambda: small.pages.get().status == Status.DONE, timeout=60, message="bob's page never finished")
+    bobs_done = small.pages.get().rendered_at
+    wait_for(lambda: large.pages.filter(status=Status.DONE).count() == 30, timeout=120, message="alice's book stalled")
+
+    # Event order, not timing: most of alice's pages were drawn after bob's.
+    assert large.pages.filter(rendered_at__gt=bobs_done).count() >= 25
+    assert simulator.stats()["submitted"] == 31
+    assert set(simulator.stats()["submissions"].values()) == {1}

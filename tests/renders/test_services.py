@@ -264,7 +264,8 @@ def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
             results = services.pages_enqueue(page_ids=ids, by="user:1", reason="create")
         assert published == []  # nothing before the commit
     assert [r.page.pk for r in results] == ids and all(r.queued for r in results)
-    assert sorted(published) == [(page_id, 1) for page_id in sorted(ids)]
+    # Fair scheduling: the owner's window goes out; the other pages wait for their turn.
+    assert sorted(published) == [(page_id, 1) for page_id in sorted(ids)[: services.owner_window()]]
     assert set(book.pages.values_list("status", "attempt")) == {(Status.QUEUED, 1)}
 
 
@@ -490,3 +491,49 @@ def test_a_rendering_page_shows_comfyuis_progress_and_clears_it_when_done(one_sl
     watcher.join()
     assert seen and 0 <= int(seen[0]["value"]) <= int(seen[0]["max"])  # type: ignore[call-overload]
     assert BookPage.objects.get(pk=first.pk).progress is None
+
+
+# --- fair scheduling across owners ---------------------------------------------------------------
+
+
+@override_settings(BOOKRENDER_OWNER_WINDOW=2)
+def test_each_owner_holds_a_window_of_the_queue_and_the_next_page_goes_out_when_one_settles(
+    alice, bob, django_capture_on_commit_callbacks, monkeypatch
+):
+    published: list[int] = []
+    monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(args[0]))
+    big = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    BookPage.objects.bulk_create(BookPage(book=big, number=n, prompt=f"p{n}") for n in range(1, 21))
+    small = Book.objects.create(owner=bob, title="Small", workflow="model-free")
+    bobs = BookPage.objects.create(book=small, number=1, prompt="a heron")
+    alices = list(big.pages.order_by("number"))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.pages_enqueue(page_ids=[p.pk for p in alices], by="user:alice", reason="create")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.pages_enqueue(page_ids=[bobs.pk], by="user:bob", reason="create")
+
+    # Bob's page is third in the queue, not twenty-first.
+    assert published == [alices[0].pk, alices[1].pk, bobs.pk]
+    assert services.pages_sweep().republished == 0  # alice's window is full: the sweeper adds nothing
+
+    assert services.page_claim(page_id=alices[0].pk, attempt=1) is not None
+    with django_capture_on_commit_callbacks(execute=True):
+        services.pages_cancel(page_ids=[alices[0].pk], by="user:alice")  # it settles: stopped
+    assert published[3:] == [alices[2].pk]  # and one more of hers goes out
+
+
+@override_settings(BOOKRENDER_OWNER_WINDOW=2)
+def test_the_sweeper_publishes_an_owners_next_pages_when_a_top_up_was_lost(
+    alice, django_capture_on_commit_callbacks, monkeypatch
+):
+    published: list[int] = []
+    monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(args[0]))
+    book = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 6))
+    pages = list(book.pages.order_by("number"))
+    services.pages_enqueue(page_ids=[p.pk for p in pages], by="user:alice", reason="create")  # no commit: none out
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.pages_sweep().republished == 2
+    assert sorted(published) == [pages[0].pk, pages[1].pk]
+    assert services.pages_sweep().republished == 0

@@ -65,3 +65,47 @@ def test_beat_sends_the_maintenance_tasks_without_a_log_line_each(start_beat, br
     wait_for(swept_five_times, timeout=60, interval=0.2, message="beat sent no maintenance tasks")
     log = (tmp_path / "beat-0.log").read_text()
     assert "Sending due task" not in log
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_attempt_is_a_failure_in_flower_naming_the_book_and_page_and_nothing_retries_it(
+    alice, simulator, start_worker, broker
+):
+    """Through a real worker and Celery's own events (what Flower shows): each failed attempt is a
+    task-failed naming the book, page and error; the database's retry runs, Celery's none."""
+    import threading
+
+    from books.models import BookPage
+
+    events: list[dict[str, object]] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        listener = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        listener.start()
+        try:
+            start_worker(COMFYUI_URLS=simulator.url, COMFY_RETRY_BACKOFF_SEC="0.2")
+            wait_for(lambda: any(str(e["type"]).startswith("worker-") for e in events), timeout=30)
+            book = book_create(
+                owner=alice, title="Flaky", style="model-free", pages=[PageSpec("A heron [sim:validation]")]
+            )
+            page = book.pages.get()
+            wait_for(lambda: BookPage.objects.get(pk=page.pk).status == BookPage.Status.FAILED, timeout=60)
+
+            def failed() -> list[dict[str, object]]:
+                return [e for e in events if e["type"] == "task-failed"]
+
+            wait_for(lambda: len(failed()) == 2, timeout=30, message=f"task-failed events: {failed()}")
+        finally:
+            receiver.should_stop = True
+    first, second = (str(e["exception"]) for e in failed())
+    assert f"page 1 of book {book.pk} “Flaky”, attempt 1 failed (validation: " in first
+    assert first.endswith("it will be retried')")
+    assert f"page 1 of book {book.pk} “Flaky”, attempt 2 failed (validation: " in second
+    assert second.endswith("it needs attention')")
+    # Celery retried nothing and requeued nothing: two submissions, the two the database decided.
+    assert simulator.stats()["submitted"] == 2
+    assert not [e for e in events if e["type"] == "task-retried"]
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    assert client.llen("celery") == 0 and client.hlen("unacked") == 0

@@ -15,6 +15,9 @@ def builtins_ensure(*, Workflow: Any, WorkflowVersion: Any, Style: Any) -> None:
     templates, errors = workflow_load_dir(BUILTIN_DIR)
     if errors:
         raise RuntimeError("; ".join(map(str, errors)))
+    # The plain model-free style comes first (the form's default: it runs on any ComfyUI), then the
+    # others by name.
+    templates.sort(key=lambda template: (template.slug != "model-free", template.slug))
     for position, template in enumerate(templates, start=1):
         if Workflow.objects.filter(slug=template.slug).exists():
             continue

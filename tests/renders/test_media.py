@@ -214,7 +214,10 @@ def test_a_template_declares_what_its_output_node_writes() -> None:
     still = template_load("model-free")
     assert (still.output_ext, still.output_mime) == ("png", "image/png")
 
-    graph = {"1": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "{{FILENAME_PREFIX}}"}}}
+    graph = {
+        "1": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "{{FILENAME_PREFIX}}"}},
+        "2": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "{{PROMPT}}"}},
+    }
     video = workflow_parse(json.dumps({"output_node": "1", "output_ext": "mp4", "prompt": graph}), slug="video")
     assert video.output_mime == "video/mp4"
     with pytest.raises(WorkflowError, match="'output_ext' must be one of png, jpg, webp, gif, mp4, webm"):

@@ -28,7 +28,12 @@ def test_a_twelve_page_book_renders_every_page_exactly_once(alice, simulator, st
     )
 
     for page in book.pages.all():
-        assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == []
+        assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == [], (
+            page.number,
+            page.attempt,
+            page.job_metadata,
+            list(page.attempts.values_list("number", "outcome", "instance_url")),
+        )
         with Image.open(page.image.path) as image:
             assert image.format == "PNG" and image.size == (768, 1024)
         attempt = RenderAttempt.objects.get(page=page)

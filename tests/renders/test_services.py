@@ -502,9 +502,9 @@ def test_each_owner_holds_a_window_of_the_queue_and_the_next_page_goes_out_when_
 ):
     published: list[int] = []
     monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(args[0]))
-    big = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    big = Book.objects.create(owner=alice, title="Big", **builtin_style())
     BookPage.objects.bulk_create(BookPage(book=big, number=n, prompt=f"p{n}") for n in range(1, 21))
-    small = Book.objects.create(owner=bob, title="Small", workflow="model-free")
+    small = Book.objects.create(owner=bob, title="Small", **builtin_style())
     bobs = BookPage.objects.create(book=small, number=1, prompt="a heron")
     alices = list(big.pages.order_by("number"))
     with django_capture_on_commit_callbacks(execute=True):
@@ -528,7 +528,7 @@ def test_the_sweeper_publishes_an_owners_next_pages_when_a_top_up_was_lost(
 ):
     published: list[int] = []
     monkeypatch.setattr("renders.tasks.render_page.apply_async", lambda args, **kwargs: published.append(args[0]))
-    book = Book.objects.create(owner=alice, title="Big", workflow="model-free")
+    book = Book.objects.create(owner=alice, title="Big", **builtin_style())
     BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 6))
     pages = list(book.pages.order_by("number"))
     services.pages_enqueue(page_ids=[p.pk for p in pages], by="user:alice", reason="create")  # no commit: none out

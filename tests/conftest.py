@@ -59,6 +59,23 @@ def _own_media_root(settings: Any, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _no_instances_from_earlier_tests(request: pytest.FixtureRequest) -> None:
+    """A database test starts with no ComfyInstance rows. A live test's worker or beat can write
+    one (its prober, its router) after that test's database was flushed; a later test would then
+    route to, or check against, an instance that is not its own."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None and not {"db", "transactional_db"} & set(request.fixturenames):
+        return
+    transactional = (marker is not None and marker.kwargs.get("transaction")) or "transactional_db" in (
+        request.fixturenames
+    )
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from renders.models import ComfyInstance
+
+    ComfyInstance.objects.all().delete()
+
+
 def builtin_style(slug: str = "model-free") -> dict[str, Any]:
     """The style and workflow version fields of a Book made with ``Book.objects.create``: one of
     the built-in styles (seeded by migration, and again after every flush)."""

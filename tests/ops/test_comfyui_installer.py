@@ -15,6 +15,9 @@ import pytest
 from ops import comfyui
 from ops.comfyui import CustomNode, Home, InstallError, Source, Switcher, cleanup, dev_instance, install_key
 
+# Validation reads the node classes of the registered workflows (workflows.services.graphs_in_use).
+pytestmark = pytest.mark.django_db
+
 PINS = 'torch = "cuda"\ntorch_packages = ["torch==2.14.1", "torchvision==0.29.1"]\nextra_packages = ["requests"]\n'
 
 

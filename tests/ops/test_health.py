@@ -160,6 +160,7 @@ def test_stuck_pages_are_a_warning(alice, capsys):
     assert "1 rendering without a worker, 1 queued and not taken" in message
 
 
+@pytest.mark.django_db  # the workflows whose models are checked are in the registry
 def test_model_storage_links_and_workflow_models(world: World, capsys):
     code, report = check(capsys, "--service", "models", "--dry-run")
     by_check = {r["check"]: r for r in report["results"] if r["check"] != "workflow"}

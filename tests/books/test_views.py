@@ -496,6 +496,8 @@ def test_the_new_book_page_offers_the_styles(alice_client):
     html = alice_client.get("/books/new").content.decode()
     assert 'name="style" value="model-free" id="style-model-free" checked' in html
     assert 'name="style" value="sdxl" id="style-sdxl">' in html
+    # The picker's script is in the page, not in its title (where a browser shows it as text).
+    assert "<title>New book · bookrender</title>" in html and html.count("style-picker") >= 2
 
 
 # --- accounts ---------------------------------------------------------------------------------------

@@ -151,25 +151,28 @@ if bool(BOOKRENDER_S3_ACCESS_KEY_ID) != bool(BOOKRENDER_S3_SECRET_ACCESS_KEY):
     error("BOOKRENDER_S3_ACCESS_KEY_ID", "", "and BOOKRENDER_S3_SECRET_ACCESS_KEY go together: set both or neither")
 if BOOKRENDER_S3_ENDPOINT_URL and urlsplit(BOOKRENDER_S3_ENDPOINT_URL).scheme not in ("http", "https"):
     error("BOOKRENDER_S3_ENDPOINT_URL", BOOKRENDER_S3_ENDPOINT_URL, "expected an http(s) URL")
+# The bucket, as both S3 storages (page files, fleet assets) reach it.
+_S3_OPTIONS: dict[str, object] = {
+    "bucket_name": BOOKRENDER_S3_BUCKET,
+    "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
+    "region_name": BOOKRENDER_S3_REGION,
+    # Empty: boto3 finds credentials itself (instance role, AWS_* variables, ~/.aws).
+    "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
+    "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
+    "default_acl": None,
+    "querystring_auth": True,
+    "signature_version": "s3v4",
+    # Path-style addressing works with every S3-compatible server (MinIO, moto, Ceph).
+    "addressing_style": "path" if BOOKRENDER_S3_ENDPOINT_URL else None,
+    # Names never collide: page files carry their claim or content, assets are content addresses
+    # (ObjectStorage also refuses to overwrite).
+    "file_overwrite": True,
+}
 _DEFAULT_STORAGE: dict[str, object] = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 if BOOKRENDER_STORAGE == "s3":
     _DEFAULT_STORAGE = {
         "BACKEND": "books.storage.ObjectStorage",
-        "OPTIONS": {
-            "bucket_name": BOOKRENDER_S3_BUCKET,
-            "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
-            "region_name": BOOKRENDER_S3_REGION,
-            # Empty: boto3 finds credentials itself (instance role, AWS_* variables, ~/.aws).
-            "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
-            "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
-            "default_acl": None,
-            "querystring_auth": True,
-            "querystring_expire": BOOKRENDER_S3_URL_EXPIRY_SEC,
-            "signature_version": "s3v4",
-            # Path-style addressing works with every S3-compatible server (MinIO, moto, Ceph).
-            "addressing_style": "path" if BOOKRENDER_S3_ENDPOINT_URL else None,
-            "file_overwrite": True,  # names never collide; ObjectStorage refuses overwrites itself
-        },
+        "OPTIONS": {**_S3_OPTIONS, "querystring_expire": BOOKRENDER_S3_URL_EXPIRY_SEC},
     }
 STORAGES = {
     "default": _DEFAULT_STORAGE,
@@ -187,20 +190,8 @@ BOOKRENDER_INPUT_MAX_PIXELS = env_int("BOOKRENDER_INPUT_MAX_PIXELS", 16_777_216,
 if BOOKRENDER_STORAGE == "s3":
     STORAGES["assets"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": BOOKRENDER_S3_BUCKET,
-            "endpoint_url": BOOKRENDER_S3_ENDPOINT_URL or None,
-            "region_name": BOOKRENDER_S3_REGION,
-            "access_key": BOOKRENDER_S3_ACCESS_KEY_ID or None,
-            "secret_key": BOOKRENDER_S3_SECRET_ACCESS_KEY or None,
-            # Keys are content addresses: the same key always holds the same bytes.
-            "file_overwrite": True,
-            "default_acl": None,
-            "signature_version": "s3v4",
-            "addressing_style": "path" if BOOKRENDER_S3_ENDPOINT_URL else None,
-            # Hosts download through presigned URLs this long-lived (an apply of a large bundle).
-            "querystring_expire": 6 * 3600,
-        },
+        # Hosts download through presigned URLs this long-lived (an apply of a large bundle).
+        "OPTIONS": {**_S3_OPTIONS, "querystring_expire": 6 * 3600},
     }
 else:
     STORAGES["assets"] = {

@@ -181,6 +181,7 @@ class BookAdmin(admin.ModelAdmin[Book]):
     list_filter = (BookPageStatusFilter, BookNeedsRegenerationFilter, BookInstanceFilter, "style__slug")
     search_fields = ("title", "owner__username", "pages__prompt")
     list_select_related = ("owner",)
+    # Only the title is edited here; the rest is shown as it was recorded.
     readonly_fields = (
         "owner",
         "style",
@@ -191,17 +192,7 @@ class BookAdmin(admin.ModelAdmin[Book]):
         "live_status",
         "pages_link",
     )
-    fields = (
-        "title",
-        "owner",
-        "style",
-        "workflow_version",
-        "values",
-        "created_at",
-        "updated_at",
-        "live_status",
-        "pages_link",
-    )
+    fields = ("title", *readonly_fields)
     inlines = [BookPageInline]
     actions = ["retry_failed_pages"]
 

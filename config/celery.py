@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import beat_init, before_task_publish, task_prerun, worker_init
@@ -69,11 +70,20 @@ def render_kwargsreprs(messages: list[tuple[int, int]]) -> dict[tuple[int, int],
     except DatabaseError:
         return {}
     return {
-        (page_id, attempt): repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
+        (page_id, attempt): _kwargsrepr(book_id, title, number, attempt)
         for page_id, attempt in messages
         if page_id in pages
         for book_id, title, number in [pages[page_id]]
     }
+
+
+def render_kwargsrepr(page: Any) -> str:
+    """Flower's kwargs for one page's render message, from a page whose book is loaded."""
+    return _kwargsrepr(page.book_id, page.book.title, page.number, page.attempt)
+
+
+def _kwargsrepr(book_id: int, title: str, number: int, attempt: int) -> str:
+    return repr({"book": book_id, "title": title[:60], "page": number, "attempt": attempt})
 
 
 def _render_args(argsrepr: object) -> tuple[int | None, int | None]:

@@ -146,15 +146,17 @@ def _render_claimed(claim: Claim) -> str:
         record = RenderAttempt.objects.filter(page=page, number=claim.attempt).first()
         if record is not None:
             return _resume(claim, record)
-    workflow_slug = page.book.workflow_version.workflow.slug
-    if not workflow_runnable(workflow=workflow_slug):
-        message = f"no ComfyUI can run the workflow {workflow_slug!r}: no fleet has it assigned"
-        return page_fail(claim=claim, error=ComfyError(ErrorKind.VALIDATION, message, retryable=False), record=None)
     try:
         chosen = _slot_wait(claim)
     except (Superseded, ClaimLost):
         return "superseded"
     if chosen is None:
+        # Asked only when no slot was found: an instance that gave one can run the workflow.
+        workflow_slug = page.book.workflow_version.workflow.slug
+        if not workflow_runnable(workflow=workflow_slug):
+            message = f"no ComfyUI can run the workflow {workflow_slug!r}: no fleet has it assigned"
+            error = ComfyError(ErrorKind.VALIDATION, message, retryable=False)
+            return page_fail(claim=claim, error=error, record=None)
         page_defer(claim=claim, seconds=NO_ROOM_DEFER_SEC, note="no healthy ComfyUI instance has a free slot")
         return "deferred"
     instance = _remember_instance(chosen)
@@ -203,6 +205,8 @@ def _slot_wait(claim: Claim) -> ComfyInstance | None:
         )
         if chosen is not None or time.monotonic() - started >= NO_ROOM_WAIT_SEC or not instance_any_up():
             return chosen  # with every instance down, waiting for a slot is pointless
+        if not workflow_runnable(workflow=claim.page.book.workflow_version.workflow.slug):
+            return None  # no instance will ever have a slot for it
         time.sleep(NO_ROOM_POLL_SEC)
 
 

@@ -178,7 +178,11 @@ def instance_any_up() -> bool:
 
 
 def instance_succeeded(*, url: str) -> None:
-    """A call answered: the instance is up, whoever saw it (a worker, its gate or the prober)."""
+    """A call answered: the instance is up, whoever saw it (a worker, its gate or the prober).
+    One read when nothing needs to change (every render ends here); the writes stay conditional."""
+    row = ComfyInstance.objects.filter(url=url).values_list("state", "consecutive_failures").first()
+    if row is None or (row[0] == ComfyInstance.State.UP and row[1] == 0):
+        return
     ComfyInstance.objects.filter(url=url, consecutive_failures__gt=0, state=ComfyInstance.State.UP).update(
         consecutive_failures=0
     )

@@ -192,13 +192,16 @@ def _publish_after_commit(pages: list[BookPage], *, countdown: float = 0) -> Non
     transaction.on_commit(lambda: _publish(messages, countdown=countdown), robust=True)
 
 
-def _publish(messages: list[tuple[int, int]], *, countdown: float = 0) -> None:
+def _publish(
+    messages: list[tuple[int, int]], *, countdown: float = 0, names: dict[tuple[int, int], str] | None = None
+) -> None:
     from config.celery import app, render_kwargsreprs
     from renders.tasks import render_page
 
-    # Flower's names for the pages in one query, not one per message: a new book's first page
-    # reaches a worker sooner, and the publisher leaves the CPU to the workers sooner.
-    names = render_kwargsreprs(messages)
+    # Flower's names for the pages (``names``, or one query for them all, not one per message): a
+    # new book's first page reaches a worker sooner, and the publisher leaves the CPU to the workers.
+    if names is None:
+        names = render_kwargsreprs(messages)
     with app.producer_or_acquire() as producer:  # one broker connection for them all
         for message in messages:
             # Celery takes kwargsrepr as a message option; its type stubs do not list it.
@@ -243,6 +246,12 @@ def owner_window() -> int:
     return max(4, 2 * (slots or 2 * len(settings.COMFYUI_URLS)))
 
 
+# An owner's window is topped up once this part of it is free (a quarter: a 16-page window is
+# topped up four pages at a time), not on every page that settles: one top-up transaction per
+# few pages, and the pages still in flight keep every slot fed meanwhile.
+TOP_UP_PART = 4
+
+
 def pages_publish_fair(*, owner_ids: Sequence[int]) -> int:
     """Fair scheduling across owners (parallel books): publish each owner's next unpublished
     queued pages, oldest first, until the owner has ``owner_window()`` pages rendering or due in
@@ -250,38 +259,42 @@ def pages_publish_fair(*, owner_ids: Sequence[int]) -> int:
 
     Celery's queue is one FIFO list: publishing a 10,000-page book at once would put every other
     owner behind it. Instead a new book's pages wait in the database (QUEUED, ``published_at``
-    NULL) and each owner holds at most a window of the queue, topped up when one of their pages
-    settles, after a retry is scheduled, and by the sweeper (so a lost top-up costs one sweep).
+    NULL) and each owner holds at most a window of the queue, topped up (once a quarter of it is
+    free: ``TOP_UP_PART``) as their pages settle, after a retry is scheduled, and by the sweeper
+    (so a lost top-up costs one sweep).
     The row stays the truth: a page is published under its row lock, once (``skip_locked`` lets a
     concurrent top-up take the next pages instead), and the claim checks as before."""
+    from config.celery import render_kwargsrepr
+
     published = 0
     window = owner_window() if owner_ids else 0
     early_sec = EARLY_TOLERANCE_SEC
     early = timedelta(seconds=early_sec)
     for owner_id in sorted(set(owner_ids)):
+        mine = BookPage.objects.filter(book__owner_id=owner_id)
+        # In flight: rendering, or queued with its message due (published when due, or its
+        # retry's or deferral's countdown is over); a page waiting out a backoff is not. Counted
+        # outside the transaction: a count takes no lock either way, and most calls stop here.
+        due = Q(next_attempt_at__lte=Now()) | Q(next_attempt_at__lte=F("published_at") + early)
+        in_flight = mine.filter(Q(status=Status.RENDERING) | Q(due, status=Status.QUEUED, published_at__isnull=False))
+        free = window - in_flight.count()
+        if free < max(1, window // TOP_UP_PART):
+            continue
         with transaction.atomic():
-            mine = BookPage.objects.filter(book__owner_id=owner_id)
-            # In flight: rendering, or queued with its message due (published when due, or its
-            # retry's or deferral's countdown is over); a page waiting out a backoff is not.
-            due = Q(next_attempt_at__lte=Now()) | Q(next_attempt_at__lte=F("published_at") + early)
-            in_flight = mine.filter(
-                Q(status=Status.RENDERING) | Q(due, status=Status.QUEUED, published_at__isnull=False)
-            )
-            free = window - in_flight.count()
-            if free <= 0:
-                continue
             waiting = (
                 mine.filter(status=Status.QUEUED, published_at__isnull=True, next_attempt_at__lte=db_in(early_sec))
                 .select_for_update(skip_locked=True, of=("self",))
+                .select_related("book")
                 .order_by("next_attempt_at", "pk")
-                .only("pk", "attempt")[:free]
+                .only("pk", "attempt", "number", "book_id", "book__title")[:free]
             )
             pages = list(waiting)
             if not pages:
                 continue
             BookPage.objects.filter(pk__in=[page.pk for page in pages]).update(published_at=Now())
             due_now = [(page.pk, page.attempt) for page in pages]
-            transaction.on_commit(partial(_publish, due_now), robust=True)
+            names = {(page.pk, page.attempt): render_kwargsrepr(page) for page in pages}
+            transaction.on_commit(partial(_publish, due_now, names=names), robust=True)
             published += len(pages)
     return published
 
@@ -334,7 +347,8 @@ def page_claim(*, page_id: int, attempt: int) -> Claim | None:
     if claimed != 1:
         _republish_if_early(page_id=page_id, attempt=attempt)
         return None  # another worker got there first, or a regenerate superseded this attempt
-    page = BookPage.objects.select_related("book").get(pk=page_id)
+    # Everything the render reads about its book, workflow version and style, in one query.
+    page = BookPage.objects.select_related("book__workflow_version__workflow", "book__style").get(pk=page_id)
     return Claim(page=page, attempt=attempt, token=token)
 
 
@@ -643,6 +657,10 @@ def _after_page_settles(page: BookPage) -> None:
     book_id = page.book_id
     if not settings.COMFY_ALLOW_PARALLEL_PAGES:
         transaction.on_commit(lambda: book_start_next(book_id=book_id), robust=True)
+        return
+    if BookPage.book.is_cached(page):  # a worker's claimed page has its book: no query for the owner
+        owner_id = page.book.owner_id
+        transaction.on_commit(lambda: pages_publish_fair(owner_ids=[owner_id]), robust=True)
         return
     transaction.on_commit(lambda: _publish_fair_for_books([book_id]), robust=True)
 

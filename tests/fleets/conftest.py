@@ -4,7 +4,7 @@ fleet with its secret, and helpers that build assets and bundles the way the adm
 from __future__ import annotations
 
 import io
-import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from fleets.assets import asset_store
 from fleets.bundles import bundle_entry_add, bundle_publish
 from fleets.models import Asset, Bundle, Fleet
 from fleets.services import fleet_create
+from renders.comfy import ComfyClient
+from tests.s3server import S3Server, storages_for
 
 
 def _reset_assets_storage() -> None:
@@ -35,53 +37,30 @@ def local_assets(settings: Any, tmp_path: Path) -> Iterator[Path]:
     _reset_assets_storage()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[str]:
-    """moto's S3 server on a real socket; its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+@pytest.fixture
+def object_info(simulator: Any) -> Iterator[dict[str, Any]]:
+    """A live instance's raw /object_info (the simulator's), as an activation checks against."""
+    client = ComfyClient(simulator.url, timeout=30)
+    try:
+        yield client.object_info_raw()
+    finally:
+        client.close()
 
 
 @pytest.fixture
-def s3_assets(settings: Any, moto_s3: str) -> Iterator[Any]:
-    """The assets storage on moto's S3 server, in a fresh bucket; yields the boto3 client."""
-    import uuid
-
-    import boto3
-
-    bucket = f"assets-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
-        "s3", endpoint_url=moto_s3, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    )
-    client.create_bucket(Bucket=bucket)
+def s3_assets(settings: Any, s3_endpoint: str) -> Iterator[Any]:
+    """The assets storage on the tests' moto S3 server (tests/s3server.py), in a fresh bucket;
+    yields the boto3 client, with the bucket's name as ``client.bucket``."""
+    server = S3Server(endpoint=s3_endpoint, bucket=f"assets-{uuid.uuid4().hex[:12]}")
+    client = server.client()
+    client.create_bucket(Bucket=server.bucket)
+    options = storages_for(server)["default"]["OPTIONS"]
     settings.STORAGES = {
         **settings.STORAGES,
-        "assets": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {
-                "bucket_name": bucket,
-                "endpoint_url": moto_s3,
-                "region_name": "us-east-1",
-                "access_key": "test",
-                "secret_key": "test",
-                "file_overwrite": True,
-                "default_acl": None,
-            },
-        },
+        "assets": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
     }
     _reset_assets_storage()
-    client.bucket = bucket
+    client.bucket = server.bucket
     yield client
     _reset_assets_storage()
 

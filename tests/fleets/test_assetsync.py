@@ -16,7 +16,6 @@ import pytest
 from fleets.models import Asset, Host
 from fleets.services import fleet_activate, fleet_workflow_assign
 from ops.assetsync import Options, Server, SyncError, apply, extract_tar_gz, extract_zip, gc, status
-from renders.comfy import ComfyClient
 from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
@@ -36,15 +35,6 @@ def _git_archive(tmp_path: Path) -> bytes:
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "node")
     return git("archive", "--format=tar.gz", "HEAD")
-
-
-@pytest.fixture
-def object_info(simulator):
-    client = ComfyClient(simulator.url, timeout=30)
-    try:
-        yield client.object_info_raw()
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -4,17 +4,7 @@ import pytest
 
 from fleets.models import Activation, Asset
 from fleets.services import ActivationError, fleet_activate, fleet_rollback, fleet_workflow_assign
-from renders.comfy import ComfyClient
 from tests.fleets.conftest import make_asset, make_bundle, register_workflow
-
-
-@pytest.fixture
-def object_info(simulator):
-    client = ComfyClient(simulator.url, timeout=30)
-    try:
-        yield client.object_info_raw()
-    finally:
-        client.close()
 
 
 def test_activation_is_refused_when_a_workflow_needs_a_model_the_bundle_lacks(fleet, object_info):

@@ -68,3 +68,16 @@ def test_a_host_applying_or_behind_the_active_bundle_gets_no_new_work(two_hosts,
 def test_a_workflow_no_fleet_runs_is_not_runnable(two_hosts):
     assert routing.workflow_runnable(workflow="model-free")
     assert not routing.workflow_runnable(workflow="sdxl")
+
+
+@override_settings(COMFYUI_URLS=[A])
+def test_a_page_whose_workflow_no_fleet_runs_fails_its_attempt_instead_of_waiting(two_hosts, alice):
+    from renders.render import page_render
+
+    page = _page(alice, "sdxl")
+    BookPage.objects.filter(pk=page.pk).update(attempt=1, status=BookPage.Status.QUEUED)
+    # Not "deferred": no slot will ever free for it. A non-retryable error is tried once more.
+    assert page_render(page_id=page.pk, attempt=1) == "retry"
+    page.refresh_from_db()
+    assert page.retry_count == 1 and page.image_error[-1]["kind"] == "validation"
+    assert "no ComfyUI can run the workflow 'sdxl': no fleet has it assigned" in page.image_error[-1]["message"]

@@ -31,6 +31,8 @@ def test_a_twelve_page_book_renders_every_page_exactly_once(alice, simulator, st
         assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == [], (
             page.number,
             page.attempt,
+            page.retry_count,
+            page.image_error,
             page.job_metadata,
             list(page.attempts.values_list("number", "outcome", "instance_url")),
         )

@@ -269,6 +269,25 @@ def test_a_new_books_pages_are_queued_in_one_update_and_published_after_commit(
     assert set(book.pages.values_list("status", "attempt")) == {(Status.QUEUED, 1)}
 
 
+def test_an_owners_window_is_topped_up_a_quarter_at_a_time(alice, settings, monkeypatch):
+    settings.BOOKRENDER_OWNER_WINDOW = 8
+    book = Book.objects.create(owner=alice, title="Big", **builtin_style())
+    BookPage.objects.bulk_create(BookPage(book=book, number=n, prompt=f"p{n}") for n in range(1, 21))
+    monkeypatch.setattr("renders.services.transaction.on_commit", lambda *args, **kwargs: None)
+    services.pages_enqueue(page_ids=list(book.pages.values_list("pk", flat=True)), by="user:1", reason="create")
+    assert services.pages_publish_fair(owner_ids=[alice.pk]) == 8
+
+    def settle(count: int) -> None:
+        in_flight = book.pages.filter(status=Status.QUEUED, published_at__isnull=False).order_by("number")
+        BookPage.objects.filter(pk__in=list(in_flight.values_list("pk", flat=True)[:count])).update(status=Status.DONE)
+
+    settle(1)
+    assert services.pages_publish_fair(owner_ids=[alice.pk]) == 0  # one free place of 8: not yet
+    settle(1)
+    assert services.pages_publish_fair(owner_ids=[alice.pk]) == 2  # a quarter free: filled again
+    assert book.pages.filter(status=Status.QUEUED, published_at__isnull=False).count() == 8
+
+
 def test_enqueue_answers_in_the_order_asked_and_skips_active_pages(page, alice):
     other = BookPage.objects.create(book=page.book, number=2, prompt="a heron", status=Status.FAILED)
     results = services.pages_enqueue(page_ids=[other.pk, page.pk], by="user:1", reason="regenerate")

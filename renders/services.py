@@ -236,13 +236,24 @@ def book_start_next(*, book_id: int) -> bool:
     return True
 
 
+# The enabled instances' slots, as this process last counted them, and when (monotonic seconds):
+# every settled page asks for the window, and instances change far less often.
+_slots_counted: tuple[int | None, float] = (None, -1e9)
+SLOTS_RECOUNT_SEC = 5.0
+
+
 def owner_window() -> int:
     """How many of one owner's pages may be rendering or due in the queue at once
     (BOOKRENDER_OWNER_WINDOW, or twice the enabled instances' slots: enough to keep every slot
-    fed while a finished page's successor is published)."""
+    fed while a finished page's successor is published). The slots are counted again at most
+    every SLOTS_RECOUNT_SEC."""
+    global _slots_counted
     if settings.BOOKRENDER_OWNER_WINDOW:
         return int(settings.BOOKRENDER_OWNER_WINDOW)
-    slots = ComfyInstance.objects.filter(enabled=True).aggregate(n=Sum("slots"))["n"]
+    slots, counted_at = _slots_counted
+    if time.monotonic() - counted_at >= SLOTS_RECOUNT_SEC:
+        slots = ComfyInstance.objects.filter(enabled=True).aggregate(n=Sum("slots"))["n"]
+        _slots_counted = (slots, time.monotonic())
     return max(4, 2 * (slots or 2 * len(settings.COMFYUI_URLS)))
 
 

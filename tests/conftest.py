@@ -71,9 +71,11 @@ def _no_instances_from_earlier_tests(request: pytest.FixtureRequest) -> None:
         request.fixturenames
     )
     request.getfixturevalue("transactional_db" if transactional else "db")
+    from renders import services
     from renders.models import ComfyInstance
 
     ComfyInstance.objects.all().delete()
+    services._slots_counted = (None, float("-inf"))  # nor this process's count of their slots
 
 
 def builtin_style(slug: str = "model-free") -> dict[str, Any]:

@@ -6,6 +6,7 @@ version, and a style is moved to it in the admin."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from django.db import models
@@ -50,8 +51,9 @@ class WorkflowVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.workflow.slug} v{self.number}"
 
-    @property
+    @cached_property
     def props(self) -> list[Property]:
+        """The parsed properties, once per instance: a version never changes once registered."""
         return properties_parse(self.properties)
 
     @property

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from fleets.assets import CHUNK, SHA256_RE, assets_storage
 from fleets.bundles import BundleError, bundle_manifest
 from fleets.hosts import InstanceReading, Refused, host_for_token, host_heartbeat, host_register, signed_request_check
-from fleets.models import Asset, Bundle, BundleEntry, Host
+from fleets.models import Asset, Bundle, BundleEntry, Fleet, Host
 from renders.workflows import WorkflowError
 from workflows.services import workflow_graph
 
@@ -61,9 +61,13 @@ def register(request: HttpRequest) -> HttpResponse:
     except Refused as exc:
         return _refused(str(exc), request)
     try:
-        name = json.loads(request.body)["host"]
-        host, token = host_register(fleet=fleet, name=str(name))
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(request.body)
+        if data.get("dry_run") is True:
+            # A host's dry run registers nothing (and so leaves the running host's token alone):
+            # under the fleet's signature it reads what an apply would apply.
+            return _manifest_answer(request, fleet)
+        host, token = host_register(fleet=fleet, name=str(data["host"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return JsonResponse({"error": f"bad registration: {exc}"}, status=400)
     return JsonResponse({"host_id": host.pk, "fleet": fleet.slug, "token": token})
 
@@ -101,11 +105,15 @@ def heartbeat(request: HttpRequest, host: Host) -> HttpResponse:
 @require_GET
 @_host_view
 def manifest(request: HttpRequest, host: Host) -> HttpResponse:
+    return _manifest_answer(request, host.fleet)
+
+
+def _manifest_answer(request: HttpRequest, fleet: Fleet) -> JsonResponse:
     """The fleet's active bundle: its manifest as stored (the host checks its sha256), a URL for
     each blob, and the node classes the fleet's workflows use (the host's health gate)."""
-    bundle = host.fleet.active_bundle
+    bundle = fleet.active_bundle
     if bundle is None:
-        return JsonResponse({"error": f"fleet {host.fleet.slug} has no active bundle"}, status=404)
+        return JsonResponse({"error": f"fleet {fleet.slug} has no active bundle"}, status=404)
     try:
         published = bundle_manifest(bundle=bundle)
     except BundleError as exc:
@@ -119,7 +127,7 @@ def manifest(request: HttpRequest, host: Host) -> HttpResponse:
         else:
             urls[entry["sha256"]] = storage.url(entry["key"])  # presigned: the host goes to S3 directly
     node_classes: set[str] = set()
-    for slug in host.fleet.workflows.values_list("workflow_slug", flat=True):
+    for slug in fleet.workflows.values_list("workflow_slug", flat=True):
         try:
             node_classes |= {node["class_type"] for node in workflow_graph(slug).values()}
         except WorkflowError:

@@ -15,6 +15,7 @@ The host's folder (``--home``, BOOKRENDER_ASSETS_HOME)::
 apply, as an algorithm:
 
 1. Register with the fleet (HMAC of the fleet secret over timestamp, nonce and body); get a token.
+   A dry run registers nothing: the same signed request, marked ``dry_run``, answers the manifest.
 2. Fetch the active bundle's manifest; check its sha256 against the one bookrender recorded.
 3. Nothing to do when ``.active_bundle_id`` names it, ``current`` points at it and its tree is intact.
 4. Download each blob into the cache: a ``.part`` file resumes with Range; every byte is checked
@@ -26,8 +27,9 @@ apply, as an algorithm:
 7. Switch ``current`` atomically (a new symlink renamed over the old), run the restart command,
    and health-gate every instance: /system_stats answers and /object_info has every node class
    the fleet's workflows use.
-8. On any failure in 7, switch back to the previous bundle, restart, gate again, and report the
-   failure. On success write ``.previous_bundle_id``, then ``.active_bundle_id``; collect garbage.
+8. On any failure in 7, switch back to the previous bundle, restart, gate again (every needed
+   node class each instance had before the switch must be back), and report the failure. On
+   success write ``.previous_bundle_id``, then ``.active_bundle_id``; collect garbage.
 """
 
 from __future__ import annotations
@@ -101,8 +103,24 @@ class Server:
     session: requests.Session = field(default_factory=requests.Session)
 
     def register(self) -> None:
-        path = "/fleets/api/register"
-        body = json.dumps({"host": self.host}).encode()
+        response = self._signed_post("/fleets/api/register", {"host": self.host})
+        if response.status_code != 200:
+            raise SyncError(
+                f"registration with {self.url} as {self.fleet}/{self.host} refused ({response.status_code})"
+            )
+        self.token = response.json()["token"]
+
+    def preview(self) -> dict[str, Any]:
+        """What ``manifest`` answers, for a dry run: signed with the fleet secret, registering
+        nothing (a registration would give the host a new token under the running host's feet)."""
+        response = self._signed_post("/fleets/api/register", {"host": self.host, "dry_run": True})
+        if response.status_code != 200:
+            raise SyncError(f"dry run: {self.url} answered {response.status_code} {response.text[:300]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def _signed_post(self, path: str, payload: dict[str, Any]) -> requests.Response:
+        body = json.dumps(payload).encode()
         timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
         headers = {
             "Content-Type": "application/json",
@@ -113,12 +131,7 @@ class Server:
                 secret=self.secret, timestamp=timestamp, nonce=nonce, method="POST", path=path, body=body
             ),
         }
-        response = self.session.post(self.url + path, data=body, headers=headers, timeout=HTTP_TIMEOUT)
-        if response.status_code != 200:
-            raise SyncError(
-                f"registration with {self.url} as {self.fleet}/{self.host} refused ({response.status_code})"
-            )
-        self.token = response.json()["token"]
+        return self.session.post(self.url + path, data=body, headers=headers, timeout=HTTP_TIMEOUT)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -361,29 +374,50 @@ def drain(instances: list[str], *, timeout: float, log: SyncLog) -> None:
     log("drain.done", instances=instances)
 
 
+def node_classes_of(url: str) -> set[str]:
+    """The node classes an instance has loaded (its /object_info)."""
+    response = requests.get(url + "/object_info", timeout=max(HTTP_TIMEOUT, 60))
+    response.raise_for_status()
+    return set(response.json())
+
+
+def classes_before(instances: list[str], needed: list[str]) -> dict[str, list[str]]:
+    """Per instance, the needed node classes it has now, before a switch: what a rollback must
+    bring back. An instance that does not answer has nothing to bring back."""
+    found: dict[str, list[str]] = {}
+    for url in instances:
+        try:
+            found[url] = sorted(set(needed) & node_classes_of(url))
+        except (requests.RequestException, ValueError):
+            found[url] = []
+    return found
+
+
 def health_problem(url: str, node_classes: list[str]) -> str | None:
     try:
         requests.get(url + "/system_stats", timeout=HTTP_TIMEOUT).raise_for_status()
-        response = requests.get(url + "/object_info", timeout=max(HTTP_TIMEOUT, 60))
-        response.raise_for_status()
-        known = set(response.json())
+        known = node_classes_of(url)
     except (requests.RequestException, ValueError) as exc:
         return f"{url}: {exc}"
     missing = sorted(set(node_classes) - known)
     return f"{url}: /object_info lacks {', '.join(missing)}" if missing else None
 
 
-def health_gate(instances: list[str], node_classes: list[str], *, timeout: float, log: SyncLog) -> None:
-    """Every instance healthy with every needed node class, within ``timeout``; SyncError if not.
-    A restarting ComfyUI refuses connections for a while, so answers are awaited; a server that
-    answers without a needed class is final."""
+def health_gate(
+    instances: list[str], node_classes: list[str] | dict[str, list[str]], *, timeout: float, log: SyncLog
+) -> None:
+    """Every instance healthy with every needed node class (one list for all, or one per
+    instance), within ``timeout``; SyncError if not. A restarting ComfyUI refuses connections for
+    a while, so answers are awaited; a server that answers without a needed class is final."""
     deadline = time.monotonic() + timeout
     for url in instances:
-        while (problem := health_problem(url, node_classes)) is not None:
+        needed = node_classes.get(url, []) if isinstance(node_classes, dict) else node_classes
+        while (problem := health_problem(url, needed)) is not None:
             if "lacks" in problem or time.monotonic() > deadline:
                 raise SyncError(f"health gate: {problem}")
             time.sleep(1)
-    log("health.ok", instances=instances, node_classes=len(node_classes))
+    counts = {url: len(node_classes.get(url, [])) for url in instances} if isinstance(node_classes, dict) else None
+    log("health.ok", instances=instances, node_classes=counts if counts is not None else len(node_classes))
 
 
 def restart(command: str, log: SyncLog) -> None:
@@ -414,8 +448,11 @@ def apply(server: Server, opts: Options) -> int:
     home = opts.home
     log = SyncLog(home / LOG_NAME)
     started = time.monotonic()
-    server.register()
-    data = server.manifest()
+    if opts.dry_run:
+        data = server.preview()
+    else:
+        server.register()
+        data = server.manifest()
     raw = data["manifest"].encode()
     if hashlib.sha256(raw).hexdigest() != data["manifest_sha256"]:
         raise SyncError("the manifest does not match its recorded sha256")
@@ -449,6 +486,8 @@ def apply(server: Server, opts: Options) -> int:
         return 1
     server.heartbeat(state="applying", applied=active, instances=opts.instances)
     previous = current_target(home)
+    # What the previous bundle gave the instances, for the rollback's own health gate.
+    before = classes_before(opts.instances, data["node_classes"])
     try:
         drain(opts.instances, timeout=opts.drain_timeout, log=log)
         switch(home, bundle_id)
@@ -456,7 +495,7 @@ def apply(server: Server, opts: Options) -> int:
         restart(opts.restart_command, log)
         health_gate(opts.instances, data["node_classes"], timeout=opts.health_timeout, log=log)
     except (SyncError, OSError, subprocess.TimeoutExpired) as exc:
-        return _roll_back(server, opts, log, bundle_id=bundle_id, previous=previous, error=str(exc), gate=data)
+        return _roll_back(server, opts, log, bundle_id=bundle_id, previous=previous, error=str(exc), gate=before)
     if active is not None and active != bundle_id:
         _write_id(home / ".previous_bundle_id", active)
     _write_id(home / ".active_bundle_id", bundle_id)  # last: the bundle is applied and healthy
@@ -468,8 +507,16 @@ def apply(server: Server, opts: Options) -> int:
 
 
 def _roll_back(
-    server: Server, opts: Options, log: SyncLog, *, bundle_id: int, previous: int | None, error: str, gate: Any
+    server: Server,
+    opts: Options,
+    log: SyncLog,
+    *,
+    bundle_id: int,
+    previous: int | None,
+    error: str,
+    gate: dict[str, list[str]],
 ) -> int:
+    """Back to the previous bundle, gated on the node classes the instances had with it."""
     log("apply.failed", bundle_id=bundle_id, stage="switch", error=error)
     if previous is None:
         (opts.home / "current").unlink(missing_ok=True)
@@ -478,7 +525,7 @@ def _roll_back(
         switch(opts.home, previous)
         try:
             restart(opts.restart_command, log)
-            health_gate(opts.instances, [], timeout=opts.health_timeout, log=log)
+            health_gate(opts.instances, gate, timeout=opts.health_timeout, log=log)
             log("rollback.done", bundle_id=previous, failed_bundle_id=bundle_id)
         except (SyncError, subprocess.TimeoutExpired) as exc:
             log("rollback.unhealthy", bundle_id=previous, error=str(exc))

@@ -140,11 +140,13 @@ else
   owner root:bookrender "$ROOT/etc/bookrender/bookrender.env"
   note "edit $ROOT/etc/bookrender/bookrender.env (secret key, hosts, database) before starting"
 fi
-if [ -e "$ROOT/etc/default/comfyui" ]; then
-  note "kept $ROOT/etc/default/comfyui"
-else
-  act install -m 0644 "$HERE/default/comfyui" "$ROOT/etc/default/comfyui"
-fi
+for name in comfyui comfyui-asset-sync; do
+  if [ -e "$ROOT/etc/default/$name" ]; then
+    note "kept $ROOT/etc/default/$name"
+  else
+    act install -m 0644 "$HERE/default/$name" "$ROOT/etc/default/$name"
+  fi
+done
 
 # The admin's CSS and JS, served by the web app itself (WhiteNoise) from /opt/bookrender/staticfiles.
 if [ -x "$APP_DIR/.venv/bin/python" ]; then
@@ -212,6 +214,12 @@ if [ "$START" = 1 ]; then
     units+=("comfyui@$gpu.service" "bookrender-worker@$gpu.service")
   done
   units+=(comfyui-monitor.timer comfyui-repair.timer comfyui-logrotate.timer)
+  # A host in a fleet (it holds the fleet's secret) applies the fleet's asset bundle on a timer.
+  if [ -e "$ROOT/etc/bookrender/fleet-secret" ]; then
+    units+=(comfyui-asset-sync.timer)
+  else
+    note "no $ROOT/etc/bookrender/fleet-secret: not in a fleet, comfyui-asset-sync.timer not enabled"
+  fi
   system systemctl enable --now "${units[@]}"
 else
   note "not enabling anything (--no-start); see README, Operations, for the list"

@@ -5,7 +5,7 @@
 #
 #   sudo ops/uninstall.sh --dry-run    # print every action it would take; change nothing
 #   sudo ops/uninstall.sh              # roll back
-#   sudo ops/uninstall.sh --purge      # also remove /etc/bookrender, /etc/default/comfyui and the users
+#   sudo ops/uninstall.sh --purge      # also remove /etc/bookrender, /etc/default/comfyui{,-asset-sync} and the users
 #   ops/uninstall.sh --root /tmp/stage # remove what install.sh --root put there
 set -euo pipefail
 
@@ -56,7 +56,7 @@ system() {
 }
 
 # --- 1. stop and disable, timers first so that nothing restarts what is being stopped ---------------
-units=(comfyui-monitor.timer comfyui-repair.timer comfyui-logrotate.timer bookrender.target)
+units=(comfyui-monitor.timer comfyui-repair.timer comfyui-logrotate.timer comfyui-asset-sync.timer bookrender.target)
 for link in "$SYSTEMD_DIR"/bookrender.target.wants/bookrender-worker@*.service \
             "$SYSTEMD_DIR"/multi-user.target.wants/comfyui@*.service; do
   if [ -L "$link" ]; then
@@ -88,16 +88,18 @@ if [ "$PURGE" = 1 ]; then
   if [ -e "$ROOT/etc/bookrender" ]; then
     act rm -rf "$ROOT/etc/bookrender"
   fi
-  if [ -e "$ROOT/etc/default/comfyui" ]; then
-    act rm -f "$ROOT/etc/default/comfyui"
-  fi
+  for name in comfyui comfyui-asset-sync; do
+    if [ -e "$ROOT/etc/default/$name" ]; then
+      act rm -f "$ROOT/etc/default/$name"
+    fi
+  done
   for user in bookrender comfyui comfyui-repair; do
     if getent passwd "$user" >/dev/null; then
       system userdel "$user"
     fi
   done
 else
-  echo "kept /etc/bookrender and /etc/default/comfyui and the users (--purge removes them)"
+  echo "kept /etc/bookrender, /etc/default/comfyui and /etc/default/comfyui-asset-sync and the users (--purge removes them)"
 fi
 echo "kept data and logs: /var/lib/bookrender, /var/lib/comfyui, /var/log/comfyui, the model storage"
 echo "done$([ "$DRY_RUN" = 1 ] && echo ' (dry run: nothing was changed)')"

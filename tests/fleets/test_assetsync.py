@@ -17,6 +17,7 @@ from fleets.models import Asset, Host
 from fleets.services import fleet_activate, fleet_workflow_assign
 from ops.assetsync import Options, Server, SyncError, apply, extract_tar_gz, extract_zip, gc, status
 from tests.fleets.conftest import make_asset, make_bundle, register_workflow
+from workflows.services import workflow_graph
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
 
@@ -65,6 +66,7 @@ def test_it_applies_a_bundle_and_a_second_apply_does_nothing(host, fleet, object
     assert apply(server, dry) == 0
     assert sorted(p.name for p in opts.home.iterdir()) == ["comfyui-asset-sync.log"]  # nothing else changed
     assert [line["event"] for line in _log(opts)].count("apply.would") == 2
+    assert not Host.objects.filter(name="gpu-a").exists()  # a dry run registers nothing
 
     assert apply(server, opts) == 0
     current = opts.home / "current"
@@ -118,6 +120,11 @@ def test_a_bundle_whose_health_gate_fails_is_rolled_back(host, fleet, object_inf
     failed = [line for line in _log(opts) if line["event"] == "apply.failed"]
     assert "FleetTestNoise" in failed[-1]["error"]
     assert "rollback.done" in _events(opts)
+    # The rollback's gate asked for every needed class the instance had before the switch: all
+    # but the failed bundle's FleetTestNoise.
+    needed = {node["class_type"] for slug in ("model-free", "fancy") for node in workflow_graph(slug).values()}
+    gates = [line for line in _log(opts) if line["event"] == "health.ok"]
+    assert gates[-1]["node_classes"] == {opts.instances[0]: len(needed - {"FleetTestNoise"})}
     host_row = Host.objects.get(name="gpu-a")
     assert (host_row.state, host_row.applied_bundle) == ("failed", first)
     assert "FleetTestNoise" in host_row.last_error

@@ -39,3 +39,14 @@ def test_every_comfyui_variable_is_used_by_a_unit_or_the_ops_code():
     used = "".join(p.read_text() for p in (ROOT / "ops").rglob("*") if p.suffix in (".service", ".py", ".sh"))
     for name in env_file_read(ROOT / "ops/default/comfyui"):
         assert name in used, name
+
+
+def test_every_variable_in_the_asset_sync_env_file_is_one_the_asset_sync_reads():
+    text = (ROOT / "ops/default/comfyui-asset-sync").read_text()
+    names = ASSIGNMENT.findall(text)
+    read = set(re.findall(r'_env\("([A-Z_]+)"', (ROOT / "ops/assetsync.py").read_text()))
+    assert names and [name for name in names if name not in read] == []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if ASSIGNMENT.match(line):
+            assert lines[index - 1].startswith("#"), f"{line} has no comment above it"

@@ -43,6 +43,8 @@ def test_a_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path):
         assert f"would run: install -m 0644 {ROOT}/ops/services/{unit} {stage}/etc/systemd/system/{unit}" in out
     assert f"would run: install -m 0640 {ROOT}/ops/default/bookrender.env {stage}/etc/bookrender/bookrender.env" in out
     assert f"would run: install -m 0644 {ROOT}/ops/default/comfyui {stage}/etc/default/comfyui" in out
+    sync_env = f"{ROOT}/ops/default/comfyui-asset-sync {stage}/etc/default/comfyui-asset-sync"
+    assert f"would run: install -m 0644 {sync_env}" in out
     assert f"{stage}/etc/bookrender/logrotate/comfyui" in out
     assert "50-bookrender-repair.rules" in out
     assert out.rstrip().endswith("done (dry run: nothing was changed)")
@@ -68,6 +70,10 @@ def test_a_dry_run_on_the_real_root_lists_users_and_systemctl():
         "comfyui-monitor.timer",
     ):
         assert name in enable
+    # This machine holds no fleet secret: it is not in a fleet, so its asset sync stays off.
+    assert not Path("/etc/bookrender/fleet-secret").exists()
+    assert "comfyui-asset-sync.timer" not in enable
+    assert "not in a fleet, comfyui-asset-sync.timer not enabled" in result.stdout
 
 
 def test_install_then_uninstall_leaves_the_root_as_it_was(tmp_path: Path):
@@ -162,3 +168,17 @@ def test_every_action_is_logged_as_valid_json_even_with_odd_paths(tmp_path: Path
     # The kernel module list is an action like any other: run through act, so logged.
     assert f"install -m 0644 {ROOT}/ops/modules-load/comfyui.conf {stage}/etc/modules-load.d/comfyui.conf" in actions
     assert (stage / "etc/modules-load.d/comfyui.conf").read_text().splitlines()[-1] == "nvidia-uvm"
+
+
+def test_a_host_holding_its_fleets_secret_gets_the_asset_sync_timer(tmp_path: Path):
+    stage = tmp_path / "stage"
+    (stage / "etc/bookrender").mkdir(parents=True)
+    (stage / "etc/bookrender/fleet-secret").write_text("s3cret\n")
+
+    result = run("install.sh", "--root", str(stage))
+
+    assert result.returncode == 0, result.stderr
+    enable = next(line for line in result.stdout.splitlines() if "systemctl enable --now" in line)
+    assert "comfyui-asset-sync.timer" in enable
+    shipped = (ROOT / "ops/default/comfyui-asset-sync").read_text()
+    assert (stage / "etc/default/comfyui-asset-sync").read_text() == shipped

@@ -186,9 +186,16 @@ console.log(rule(action, {user}));
         ("comfyui-repair", "bookrender-web.service", "restart", "not handled"),
         ("comfyui-repair", "comfyui@0.service", "stop", "not handled"),
         ("bookrender", "comfyui@0.service", "restart", "not handled"),  # the web app's user
+        # The asset sync (user comfyui) restarts the instances after a switch, and nothing else.
+        ("comfyui", "comfyui@1.service", "restart", "yes"),
+        ("comfyui", "comfyui@0.service", "stop", "not handled"),
+        ("comfyui", "comfyui@0.service", "reset-failed", "not handled"),
+        ("comfyui", "bookrender-worker@0.service", "restart", "not handled"),
     ],
 )
-def test_the_polkit_rule_lets_only_repair_restart_gpu_units(user: str, unit: str, verb: str, answer: str):
+def test_the_polkit_rule_lets_only_repair_and_the_asset_sync_restart_gpu_units(
+    user: str, unit: str, verb: str, answer: str
+):
     rule = ROOT / "ops/repair/50-bookrender-repair.rules"
     result = subprocess.run(
         ["node", "-e", POLKIT_CHECK, str(rule), user, unit, verb], capture_output=True, text=True, timeout=30

@@ -226,8 +226,7 @@ for _url in COMFYUI_URLS:
     _parts = urlsplit(_url)
     if _parts.scheme not in ("http", "https") or not _parts.netloc:
         error("COMFYUI_URLS", ",".join(COMFYUI_URLS), f"{_url!r} is not an http(s) base URL")
-if not COMFYUI_URLS:
-    error("COMFYUI_URLS", "", "at least one ComfyUI base URL is needed")
+# Empty (COMFYUI_URLS=): a pure fleet, whose instances all come from GPU hosts' registrations.
 COMFYUI_URLS = [_url.rstrip("/") for _url in COMFYUI_URLS]
 
 # Retries after the first attempt; a page gets COMFY_MAX_RETRIES + 1 attempts before Needs attention.

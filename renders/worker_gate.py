@@ -1,5 +1,5 @@
 """Health-based job acceptance (seed 003): a worker takes render work only while one of its
-ComfyUI instances answers.
+ComfyUI instances answers (``worker_instances``: configured, or in a pure fleet the registered ones).
 
 1. At start-up the worker waits, before its consumer starts, until one instance answers
    /system_stats.
@@ -26,7 +26,19 @@ CHECK_INTERVAL_SEC = 1.0
 
 
 def worker_instances() -> list[str]:
-    return list(settings.BOOKRENDER_WORKER_INSTANCES or settings.COMFYUI_URLS)
+    """BOOKRENDER_WORKER_INSTANCES, else COMFYUI_URLS, else (a pure fleet: every instance comes
+    from a GPU host's registration) every enabled instance the database knows, read each time."""
+    configured = settings.BOOKRENDER_WORKER_INSTANCES or settings.COMFYUI_URLS
+    if configured:
+        return list(configured)
+    from renders.models import ComfyInstance  # models: not at import time
+
+    try:
+        return list(ComfyInstance.objects.filter(enabled=True).order_by("pk").values_list("url", flat=True))
+    except DatabaseError:
+        return []
+    finally:
+        connection.close()  # this thread's own connection; do not keep it between checks
 
 
 def any_instance_healthy(urls: list[str]) -> bool:
@@ -62,25 +74,25 @@ class HealthGate(bootsteps.StartStopStep):
         queue = worker.app.conf.task_default_queue
         if queue not in worker.app.amqp.queues.consume_from:
             return  # a maintenance-only worker: it must run, above all while ComfyUI is down
-        urls = worker_instances()
         waited = 0.0
-        while not any_instance_healthy(urls):
+        while not any_instance_healthy(urls := worker_instances()):
             if waited % 10 < CHECK_INTERVAL_SEC:
                 log.warning("waiting for ComfyUI", extra={"event": "worker.waiting", "instances": urls})
             if self._stop.wait(CHECK_INTERVAL_SEC) or worker_state.should_stop is not None:
                 # SIGTERM while waiting: Celery's handler only sets should_stop; leave at once.
                 raise WorkerShutdown(0)
             waited += CHECK_INTERVAL_SEC
-        self._thread = threading.Thread(target=self._watch, args=(worker, urls), name="health-gate", daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(worker,), name="health-gate", daemon=True)
         self._thread.start()
 
     def stop(self, worker: Any) -> None:
         self._stop.set()
 
-    def _watch(self, worker: Any, urls: list[str]) -> None:
+    def _watch(self, worker: Any) -> None:
         queue = worker.app.conf.task_default_queue
         consuming = True
         while not self._stop.wait(CHECK_INTERVAL_SEC):
+            urls = worker_instances()  # a fleet's hosts come and go
             healthy = any_instance_healthy(urls)
             if healthy == consuming:
                 continue

@@ -35,6 +35,11 @@ def test_the_default_configuration_passes_its_checks():
     assert "no issues" in result.stdout
 
 
+def test_an_empty_comfyui_urls_is_a_pure_fleet_and_passes():
+    result = manage_check(COMFYUI_URLS="")
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "value", "says"),
     [

@@ -178,3 +178,18 @@ def test_staff_see_and_edit_instances_in_the_admin(admin_user, client):
     client.force_login(admin_user)
     response = client.get("/admin/renders/comfyinstance/")
     assert response.status_code == 200 and b"http://gpu0:8188" in response.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pure_fleets_worker_serves_the_registered_instances(settings):
+    """COMFYUI_URLS empty: the instances come from GPU hosts' registrations, and the worker's gate
+    watches the enabled ones the database knows, read again each time."""
+    from renders.worker_gate import worker_instances
+
+    settings.COMFYUI_URLS, settings.BOOKRENDER_WORKER_INSTANCES = [], []
+    assert worker_instances() == []
+    ComfyInstance.objects.create(url="http://host-a:8188")
+    ComfyInstance.objects.create(url="http://host-b:8188", enabled=False)
+    assert worker_instances() == ["http://host-a:8188"]
+    settings.BOOKRENDER_WORKER_INSTANCES = ["http://host-b:8188"]
+    assert worker_instances() == ["http://host-b:8188"]  # what a host's own worker says wins

@@ -14,7 +14,14 @@ from django.http import HttpRequest
 from fleets.assets import AssetError, asset_delete, asset_store
 from fleets.bundles import BundleError, bundle_entry_add, bundle_publish
 from fleets.models import Activation, Asset, Bundle, BundleEntry, Fleet, FleetWorkflow, Host
-from fleets.services import ActivationError, fleet_activate, fleet_create, fleet_rollback, fleet_secret_rotate
+from fleets.services import (
+    ActivationError,
+    assignment_check,
+    fleet_activate,
+    fleet_create,
+    fleet_rollback,
+    fleet_secret_rotate,
+)
 from workflows.services import workflow_choices
 
 
@@ -154,8 +161,28 @@ class BundleAdmin(admin.ModelAdmin[Bundle]):
                 messages.error(request, str(exc))
 
 
+class FleetWorkflowFormSet(forms.BaseInlineFormSet):  # type: ignore[type-arg]
+    """A workflow newly assigned to a fleet with an active bundle is checked against that bundle
+    (``fleets.services.assignment_check``), as an activation checks every assigned workflow."""
+
+    def clean(self) -> None:
+        super().clean()
+        fleet = self.instance
+        if fleet.pk is None:
+            return
+        for form in self.forms:
+            slug = form.cleaned_data.get("workflow_slug") if form.has_changed() else None
+            if not slug or form.cleaned_data.get("DELETE"):
+                continue
+            try:
+                assignment_check(fleet=fleet, workflow_slug=slug)
+            except ActivationError as exc:
+                form.add_error("workflow_slug", str(exc))
+
+
 class FleetWorkflowInline(admin.TabularInline[FleetWorkflow, Fleet]):
     model = FleetWorkflow
+    formset = FleetWorkflowFormSet
     extra = 1
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:

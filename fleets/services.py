@@ -46,10 +46,27 @@ def fleet_secret_rotate(*, fleet: Fleet, grace_sec: float = 3600) -> str:
     return new
 
 
-def fleet_workflow_assign(*, fleet: Fleet, workflow_slug: str) -> FleetWorkflow:
+def fleet_workflow_assign(
+    *, fleet: Fleet, workflow_slug: str, object_info: dict[str, Any] | None = None
+) -> FleetWorkflow:
+    """Let the fleet run a workflow. Refused (ActivationError) when the fleet's active bundle lacks
+    an asset the workflow needs: its hosts would get pages they cannot render."""
     workflow_graph(workflow_slug)  # WorkflowError for a workflow nobody registered
+    assignment_check(fleet=fleet, workflow_slug=workflow_slug, object_info=object_info)
     assignment, _ = FleetWorkflow.objects.get_or_create(fleet=fleet, workflow_slug=workflow_slug)
     return assignment
+
+
+def assignment_check(*, fleet: Fleet, workflow_slug: str, object_info: dict[str, Any] | None = None) -> None:
+    """ActivationError when the fleet's active bundle lacks what ``workflow_slug`` needs (nothing
+    to check while the fleet has no active bundle: its activation will check)."""
+    if fleet.active_bundle_id is None:
+        return
+    bundle = Bundle.objects.get(pk=fleet.active_bundle_id)
+    info = object_info if object_info is not None else object_info_any()
+    missing = bundle_missing_for(fleet=fleet, bundle=bundle, object_info=info, slugs=[workflow_slug])
+    if missing:
+        raise ActivationError(f"the active bundle {bundle.name!r} of {fleet.slug} cannot run it: " + "; ".join(missing))
 
 
 def object_info_any() -> dict[str, Any]:
@@ -70,8 +87,11 @@ def object_info_any() -> dict[str, Any]:
     )
 
 
-def bundle_missing_for(*, fleet: Fleet, bundle: Bundle, object_info: dict[str, Any]) -> list[str]:
-    """What each workflow assigned to the fleet needs and the bundle lacks, in words."""
+def bundle_missing_for(
+    *, fleet: Fleet, bundle: Bundle, object_info: dict[str, Any], slugs: list[str] | None = None
+) -> list[str]:
+    """What each workflow assigned to the fleet (or each of ``slugs``) needs and the bundle lacks,
+    in words."""
     entries = [
         Entry(e.target_path, e.action, frozenset(e.asset.provided_node_classes()))
         for e in bundle.entries.select_related("asset")
@@ -80,7 +100,7 @@ def bundle_missing_for(*, fleet: Fleet, bundle: Bundle, object_info: dict[str, A
     for listed in Asset.objects.filter(kind=Asset.Kind.CUSTOM_NODE).values_list("node_classes", flat=True):
         custom |= {line.strip() for line in listed.splitlines() if line.strip()}
     problems = []
-    for slug in fleet.workflows.values_list("workflow_slug", flat=True):
+    for slug in slugs if slugs is not None else fleet.workflows.values_list("workflow_slug", flat=True):
         try:
             graph = workflow_graph(slug)
         except WorkflowError as exc:

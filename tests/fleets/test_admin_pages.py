@@ -10,7 +10,7 @@ from fleets.hosts import InstanceReading, host_heartbeat, host_register
 from fleets.models import Asset
 from fleets.services import fleet_activate, fleet_workflow_assign
 from tests.books.test_browser import ARTIFACTS, browser, sign_in, tab  # noqa: F401 (fixtures)
-from tests.fleets.conftest import make_asset, make_bundle
+from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 
 
 def test_the_admin_shows_assets_bundles_fleets_and_their_workers(admin_user, live, fleet, tab):  # noqa: F811
@@ -62,6 +62,13 @@ def test_a_fleet_is_activated_from_its_page_and_a_refusal_says_why(admin_user, l
         tab.click("input[name=_continue]")
         tab.screenshot(path=str(ARTIFACTS / "fleets-admin-activated.png"), full_page=True)
         assert "sdxl-base is now active on gpu-default" in tab.inner_text(".messagelist").lower()
+        # A workflow whose custom node the active bundle lacks cannot be assigned to the fleet.
+        register_workflow("fancy", "FancyNoise")
+        tab.goto(f"{live.url}/admin/fleets/fleet/{fleet.pk}/change/")
+        tab.select_option("select[name=workflows-1-workflow_slug]", value="fancy")
+        tab.click("input[name=_continue]")
+        assert "active bundle 'sdxl-base' of gpu-default cannot run it" in tab.inner_text("#workflows-group")
+        assert "node class 'FancyNoise'" in tab.inner_text("#workflows-group")
     fleet.refresh_from_db()
     assert fleet.active_bundle == bundle and lacking.activations.count() == 0
     assert list(fleet.workflows.values_list("workflow_slug", flat=True)) == ["sdxl"]  # the blank row added nothing

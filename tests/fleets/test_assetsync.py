@@ -106,14 +106,15 @@ def test_a_bundle_whose_health_gate_fails_is_rolled_back(host, fleet, object_inf
     first = make_bundle("b1", make_asset(MODEL))
     fleet_activate(fleet=fleet, bundle=first, by="root", object_info=object_info)
     assert apply(server, opts) == 0
-    # A workflow that needs a node class the bundle's custom node promises, which ComfyUI lacks.
+    # A workflow that needs a node class the bundle's custom node promises, which ComfyUI lacks:
+    # the bundle that carries the node goes live, then the workflow is assigned.
     register_workflow("fancy", "FleetTestNoise")
-    fleet_workflow_assign(fleet=fleet, workflow_slug="fancy")
     node = make_asset(
         _git_archive(tmp_path), kind=Asset.Kind.CUSTOM_NODE, name="fancy.tar.gz", node_classes="FleetTestNoise"
     )
     second = make_bundle("b2", make_asset(MODEL), node)
     fleet_activate(fleet=fleet, bundle=second, by="root", object_info=object_info)
+    fleet_workflow_assign(fleet=fleet, workflow_slug="fancy", object_info=object_info)
     assert apply(server, opts) == 1
     assert status(opts.home)["current"] == first.pk
     assert (opts.home / ".active_bundle_id").read_text().strip() == str(first.pk)

@@ -28,6 +28,18 @@ def test_activation_is_refused_when_a_custom_nodes_class_is_missing(fleet, objec
     fleet_activate(fleet=fleet, bundle=make_bundle("with", node), by="root", object_info=object_info)
 
 
+def test_a_workflow_is_assigned_only_when_the_active_bundle_has_what_it_needs(fleet, object_info):
+    fleet_activate(fleet=fleet, bundle=make_bundle("plain", make_asset(b"m" * 64)), by="root", object_info=object_info)
+    refusal = r"active bundle 'plain' of gpu-default cannot run it: .*'sdxl' needs file"
+    with pytest.raises(ActivationError, match=refusal):
+        fleet_workflow_assign(fleet=fleet, workflow_slug="sdxl", object_info=object_info)
+    assert not fleet.workflows.exists()
+    sdxl = make_bundle("sdxl", make_asset(b"x" * 64, name="sd_xl_base_1.0.safetensors"))
+    fleet_activate(fleet=fleet, bundle=sdxl, by="root", object_info=object_info)
+    fleet_workflow_assign(fleet=fleet, workflow_slug="sdxl", object_info=object_info)
+    assert list(fleet.workflows.values_list("workflow_slug", flat=True)) == ["sdxl"]
+
+
 def test_rollback_reactivates_the_previous_bundle_and_the_log_keeps_every_step(fleet):
     first = make_bundle("first", make_asset(b"1" * 64))
     second = make_bundle("second", make_asset(b"2" * 64, name="two.safetensors"))

@@ -18,16 +18,18 @@ apply, as an algorithm:
    A dry run registers nothing: the same signed request, marked ``dry_run``, answers the manifest.
 2. Fetch the active bundle's manifest; check its sha256 against the one bookrender recorded.
 3. Nothing to do when ``.active_bundle_id`` names it, ``current`` points at it and its tree is intact.
-4. Download each blob into the cache: a ``.part`` file resumes with Range; every byte is checked
+4. Report ``applying`` (bookrender routes no new work here) and repeat the latest report every
+   ``--heartbeat-every`` seconds until the apply ends: a long download or a slow restart must not
+   look like a silent host (stale, then offline: its instances disabled).
+5. Download each blob into the cache: a ``.part`` file resumes with Range; every byte is checked
    against the sha256, a mismatch is deleted and downloaded again (3 tries).
-5. Stage ``bundles/<id>``: hardlink (or copy) blobs into place, extract archives refusing absolute
+6. Stage ``bundles/<id>``: hardlink (or copy) blobs into place, extract archives refusing absolute
    paths, ``..`` and links; record the tree; rename into place.
-6. Drain: report ``applying`` (bookrender routes no new work here) and wait for each instance's
-   queue to empty.
-7. Switch ``current`` atomically (a new symlink renamed over the old), run the restart command,
+7. Drain: wait for each instance's queue to empty.
+8. Switch ``current`` atomically (a new symlink renamed over the old), run the restart command,
    and health-gate every instance: /system_stats answers and /object_info has every node class
    the fleet's workflows use.
-8. On any failure in 7, switch back to the previous bundle, restart, gate again (every needed
+9. On any failure in 8, switch back to the previous bundle, restart, gate again (every needed
    node class each instance had before the switch must be back), and report the failure. On
    success write ``.previous_bundle_id``, then ``.active_bundle_id``; collect garbage.
 """
@@ -46,9 +48,11 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -62,6 +66,9 @@ CHUNK = 1024 * 1024
 NET_CHUNK = 64 * 1024
 DOWNLOAD_TRIES = 3
 HTTP_TIMEOUT = 30.0
+# While an apply runs, the host repeats its latest report this often (--heartbeat-every): well
+# within BOOKRENDER_FLEET_HOST_STALE_SEC, so an apply never makes the host look silent.
+HEARTBEAT_EVERY_SEC = 20.0
 
 
 class SyncError(Exception):
@@ -101,6 +108,11 @@ class Server:
     host: str
     token: str = ""
     session: requests.Session = field(default_factory=requests.Session)
+    # The latest heartbeat body and when it was sent, for ``keep_reporting``; the lock keeps a
+    # repeat from overtaking a newer report.
+    _report: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _reported_at: float = field(default=0.0, init=False, repr=False)
+    _report_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def register(self) -> None:
         response = self._signed_post("/fleets/api/register", {"host": self.host})
@@ -146,11 +158,43 @@ class Server:
     def heartbeat(self, *, state: str, applied: int | None, instances: list[str], **extra: Any) -> None:
         readings = [{"url": url, "gpu_index": index} for index, url in enumerate(instances)]
         body = {"state": state, "applied_bundle_id": applied, "instances": readings, **extra}
-        response = self.session.post(
+        with self._report_lock:
+            self._report = body
+            self._post_heartbeat(body, self.session)
+
+    def _post_heartbeat(self, body: dict[str, Any], session: requests.Session) -> None:
+        response = session.post(
             self.url + "/fleets/api/heartbeat", json=body, headers=self._auth(), timeout=HTTP_TIMEOUT
         )
         if response.status_code != 200:
             raise SyncError(f"heartbeat: {response.status_code} {response.text[:300]}")
+        self._reported_at = time.monotonic()
+
+    @contextmanager
+    def keep_reporting(self, *, every: float) -> Iterator[None]:
+        """Repeat the latest heartbeat whenever ``every`` seconds pass without one, until the block
+        ends. A report that fails is tried again at the next turn: the apply goes on regardless."""
+        stop = threading.Event()
+        session = requests.Session()  # the apply's own session may be in the middle of a download
+
+        def repeat() -> None:
+            while not stop.wait(min(1.0, every)):
+                with self._report_lock:
+                    if self._report is None or time.monotonic() - self._reported_at < every:
+                        continue
+                    try:
+                        self._post_heartbeat(self._report, session)
+                    except (SyncError, requests.RequestException):
+                        pass
+
+        thread = threading.Thread(target=repeat, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            session.close()
 
     def open_blob(self, url: str, start: int) -> requests.Response:
         # Presigned S3 URLs carry their own authority; a bookrender URL takes the host's token.
@@ -440,6 +484,7 @@ class Options:
     drain_timeout: float = 600
     health_timeout: float = 300
     dry_run: bool = False
+    heartbeat_every: float = HEARTBEAT_EVERY_SEC
 
 
 def apply(server: Server, opts: Options) -> int:
@@ -470,6 +515,24 @@ def apply(server: Server, opts: Options) -> int:
             cached = (home / "cache" / entry["sha256"]).exists()
             log("apply.would", target_path=entry["target_path"], action=entry["action"], cached=cached)
         return 0
+    server.heartbeat(state="applying", applied=active, instances=opts.instances)
+    with server.keep_reporting(every=opts.heartbeat_every):
+        return _apply_new(server, opts, log, data=data, manifest=manifest, active=active, started=started)
+
+
+def _apply_new(
+    server: Server,
+    opts: Options,
+    log: SyncLog,
+    *,
+    data: dict[str, Any],
+    manifest: dict[str, Any],
+    active: int | None,
+    started: float,
+) -> int:
+    """Steps 5 to 9 of the module docstring, for a bundle this host does not have applied."""
+    home = opts.home
+    bundle_id = int(manifest["bundle_id"])
     try:
         blobs = {
             e["sha256"]: blob_fetch(
@@ -484,7 +547,6 @@ def apply(server: Server, opts: Options) -> int:
         server.heartbeat(state="failed", applied=active, instances=opts.instances, error=str(exc))
         shutil.rmtree(home / "bundles" / f"{bundle_id}.staging", ignore_errors=True)
         return 1
-    server.heartbeat(state="applying", applied=active, instances=opts.instances)
     previous = current_target(home)
     # What the previous bundle gave the instances, for the rollback's own health gate.
     before = classes_before(opts.instances, data["node_classes"])
@@ -599,6 +661,12 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
     run.add_argument("--restart-command", default=_env("BOOKRENDER_RESTART_COMMAND", ""))
     run.add_argument("--drain-timeout", type=float, default=float(_env("BOOKRENDER_DRAIN_TIMEOUT_SEC", "600")))
     run.add_argument("--health-timeout", type=float, default=float(_env("BOOKRENDER_HEALTH_GATE_SEC", "300")))
+    run.add_argument(
+        "--heartbeat-every",
+        type=float,
+        default=float(_env("BOOKRENDER_HEARTBEAT_SEC", str(HEARTBEAT_EVERY_SEC))),
+        help="while applying, repeat the host's report this often (seconds)",
+    )
     run.add_argument("--dry-run", action="store_true", help="say what would be downloaded and changed; change nothing")
     commands.add_parser("status", help="the applied, previous and current bundle and whether the tree is intact")
     collect = commands.add_parser("gc", help="delete trees and blobs of bundles other than the current and previous")
@@ -620,6 +688,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         drain_timeout=args.drain_timeout,
         health_timeout=args.health_timeout,
         dry_run=args.dry_run,
+        heartbeat_every=args.heartbeat_every,
     )
     home.mkdir(parents=True, exist_ok=True)
     try:

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from fleets.models import Asset, Host
 from fleets.services import fleet_activate, fleet_workflow_assign
 from ops.assetsync import Options, Server, SyncError, apply, extract_tar_gz, extract_zip, gc, status
+from tests.conftest import wait_for
 from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 from workflows.services import workflow_graph
 
@@ -129,6 +131,31 @@ def test_a_bundle_whose_health_gate_fails_is_rolled_back(host, fleet, object_inf
     host_row = Host.objects.get(name="gpu-a")
     assert (host_row.state, host_row.applied_bundle) == ("failed", first)
     assert "FleetTestNoise" in host_row.last_error
+
+
+def test_a_host_keeps_reporting_while_an_apply_takes_long(host, fleet, object_info, tmp_path):
+    """A slow restart (here one held until the test lets it go) or a long download does not make
+    the host look silent: it reports applying, and repeats that until the apply ends."""
+    server, opts = host
+    release = tmp_path / "release"
+    opts.restart_command = f"while [ ! -e {release} ]; do sleep 0.1; done"
+    opts.heartbeat_every = 0.5
+    fleet_activate(fleet=fleet, bundle=make_bundle("b1", make_asset(MODEL)), by="root", object_info=object_info)
+    codes: list[int] = []
+    applying = threading.Thread(target=lambda: codes.append(apply(server, opts)))
+    applying.start()
+    try:
+        log = opts.home / "comfyui-asset-sync.log"
+        wait_for(lambda: log.exists() and "switch.done" in _events(opts), timeout=60)
+        held = Host.objects.get(name="gpu-a")
+        assert held.state == Host.State.APPLYING
+        wait_for(lambda: Host.objects.get(pk=held.pk).last_seen_at > held.last_seen_at, timeout=30)
+        assert Host.objects.get(pk=held.pk).state == Host.State.APPLYING
+    finally:
+        release.touch()
+        applying.join(timeout=120)
+    assert codes == [0]
+    assert Host.objects.get(name="gpu-a").state == Host.State.READY
 
 
 def test_a_hostile_archive_is_refused_and_nothing_changes(host, fleet, object_info, tmp_path):

@@ -201,8 +201,11 @@ else:
 # Signed host requests (registration, heartbeats) older or newer than this are refused.
 BOOKRENDER_FLEET_CLOCK_SKEW_SEC = env_int("BOOKRENDER_FLEET_CLOCK_SKEW_SEC", 300, minimum=1)
 # A host silent this long is stale (gets no new work); this long, offline (its work resumes elsewhere).
-BOOKRENDER_FLEET_HOST_STALE_SEC = env_float("BOOKRENDER_FLEET_HOST_STALE_SEC", 60, minimum=1)
-BOOKRENDER_FLEET_HOST_OFFLINE_SEC = env_float("BOOKRENDER_FLEET_HOST_OFFLINE_SEC", 180, minimum=1)
+# A host's heartbeat is its asset sync, which comfyui-asset-sync.timer runs every 2 minutes (give or
+# take 10 s): stale only after more than two missed runs, or every healthy host would be stale, and
+# get no work, for half of each interval.
+BOOKRENDER_FLEET_HOST_STALE_SEC = env_float("BOOKRENDER_FLEET_HOST_STALE_SEC", 300, minimum=1)
+BOOKRENDER_FLEET_HOST_OFFLINE_SEC = env_float("BOOKRENDER_FLEET_HOST_OFFLINE_SEC", 600, minimum=1)
 
 # --- Redis and Celery -----------------------------------------------------------------------------
 

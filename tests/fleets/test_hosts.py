@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,6 +15,8 @@ from fleets.models import Host
 from fleets.services import fleet_secret_rotate
 from ops.assetsync import Server, SyncError, sign
 from renders.models import ComfyInstance
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _signed_post(url: str, *, fleet: str, secret: str, body: bytes, timestamp: int | None = None, nonce: str = ""):
@@ -92,3 +96,21 @@ def test_a_silent_host_goes_stale_then_offline_and_comes_back(host_server, fleet
     host_server.heartbeat(state="ready", applied=None, instances=["http://10.0.0.7:8188"])
     instance.refresh_from_db()
     assert (instance.enabled, instance.host.state) == (True, "ready")
+
+
+def _systemd_seconds(span: str) -> float:
+    units = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
+    number, unit = re.fullmatch(r"(\d+)([a-z]+)", span).groups()
+    return float(number) * units[unit]
+
+
+def test_a_host_synced_by_its_timer_does_not_go_stale_between_runs():
+    """A host's heartbeat is a run of its asset sync (a nothing-to-do run registers and reports
+    ready). Stale hosts get no work: the default threshold must outlast two runs' gap."""
+    from config import env
+
+    timer = (ROOT / "ops" / "services" / "comfyui-asset-sync.timer").read_text()
+    every = _systemd_seconds(re.search(r"^OnUnitActiveSec=(\S+)$", timer, re.M).group(1))
+    slack = _systemd_seconds(re.search(r"^AccuracySec=(\S+)$", timer, re.M).group(1))
+    stale = float(env.KNOWN["BOOKRENDER_FLEET_HOST_STALE_SEC"])
+    assert 2 * (every + slack) <= stale < float(env.KNOWN["BOOKRENDER_FLEET_HOST_OFFLINE_SEC"])

@@ -3,10 +3,11 @@
 Run by comfyui-asset-sync.service at boot and whenever the fleet's pointer changes. Needs only
 ``requests`` (no Django): it talks to bookrender over HTTP.
 
-The host's folder (``--home``, BOOKRENDER_ASSETS_HOME)::
+The host's folder (``--home``, BOOKRENDER_ASSETS_HOME; ``init`` or the first apply makes it)::
 
     cache/<sha256>          verified blobs (cache/<sha256>.part while downloading)
     bundles/<id>/           one staged tree per bundle: models/, custom_nodes/, input/
+    bundles/empty/          the same folders, empty: current before a first bundle is applied
     current -> bundles/<id> what ComfyUI reads (extra_model_paths.yaml, --input-directory)
     .previous_bundle_id     the bundle a rollback returns to
     .active_bundle_id       written last: the bundle applied and healthy
@@ -377,13 +378,29 @@ def _write_id(path: Path, value: int) -> None:
     os.replace(tmp, path)
 
 
-def switch(home: Path, bundle_id: int) -> None:
+def switch(home: Path, bundle_id: int | str) -> None:
     link = home / "current"
     new = home / "current.new"
     if new.is_symlink() or new.exists():
         new.unlink()
     new.symlink_to(Path("bundles") / str(bundle_id))
     os.replace(new, link)  # rename(2): ComfyUI sees the old tree or the new one, never half of each
+
+
+# A tree with the folders ComfyUI reads and nothing in them: ``current`` before the first bundle is
+# applied, and after a first bundle fails with none to go back to. ComfyUI 0.3.64 does not start
+# when a custom_nodes folder its extra_model_paths.yaml names is missing.
+EMPTY = "empty"
+
+
+def init(home: Path) -> bool:
+    """Give a host with no ``current`` one: the empty tree. True if it made it."""
+    if (home / "current").is_symlink():
+        return False
+    for folder in ("models", "custom_nodes", "input"):
+        (home / "bundles" / EMPTY / folder).mkdir(parents=True, exist_ok=True)
+    switch(home, EMPTY)
+    return True
 
 
 def current_target(home: Path) -> int | None:
@@ -496,6 +513,7 @@ def apply(server: Server, opts: Options) -> int:
     if opts.dry_run:
         data = server.preview()
     else:
+        init(home)  # a first boot: ComfyUI may start before any bundle is applied
         server.register()
         data = server.manifest()
     raw = data["manifest"].encode()
@@ -581,17 +599,20 @@ def _roll_back(
     """Back to the previous bundle, gated on the node classes the instances had with it."""
     log("apply.failed", bundle_id=bundle_id, stage="switch", error=error)
     if previous is None:
+        # No bundle to go back to: the empty tree, so that ComfyUI still starts.
         (opts.home / "current").unlink(missing_ok=True)
-        log("rollback.none", bundle_id=bundle_id, note="no previous bundle on this host")
+        init(opts.home)
+        log("rollback.none", bundle_id=bundle_id, note="no previous bundle on this host: back to the empty tree")
     else:
         switch(opts.home, previous)
-        try:
-            restart(opts.restart_command, log)
-            health_gate(opts.instances, gate, timeout=opts.health_timeout, log=log)
-            log("rollback.done", bundle_id=previous, failed_bundle_id=bundle_id)
-        except (SyncError, subprocess.TimeoutExpired) as exc:
-            log("rollback.unhealthy", bundle_id=previous, error=str(exc))
-            error += f"; after rolling back to bundle {previous}: {exc}"
+    back_to = previous if previous is not None else EMPTY
+    try:
+        restart(opts.restart_command, log)
+        health_gate(opts.instances, gate, timeout=opts.health_timeout, log=log)
+        log("rollback.done", bundle_id=back_to, failed_bundle_id=bundle_id)
+    except (SyncError, subprocess.TimeoutExpired) as exc:
+        log("rollback.unhealthy", bundle_id=back_to, error=str(exc))
+        error += f"; after rolling back to bundle {back_to}: {exc}"
     server.heartbeat(
         state="failed", applied=_read_id(opts.home / ".active_bundle_id"), instances=opts.instances, error=error
     )
@@ -601,6 +622,7 @@ def _roll_back(
 def gc(home: Path, *, log: SyncLog, dry_run: bool) -> list[str]:
     """Delete bundle trees and cached blobs that neither the active nor the previous bundle uses."""
     keep_ids = {str(i) for i in (_read_id(home / ".active_bundle_id"), _read_id(home / ".previous_bundle_id")) if i}
+    keep_ids.add(EMPTY)  # it holds no blobs
     current = current_target(home)
     if current is not None:
         keep_ids.add(str(current))
@@ -608,6 +630,8 @@ def gc(home: Path, *, log: SyncLog, dry_run: bool) -> list[str]:
     bundles = home / "bundles"
     needed: set[str] = set()
     for tree in sorted(bundles.iterdir()) if bundles.exists() else []:
+        if tree.name == EMPTY:
+            continue
         if tree.name in keep_ids and (tree / ".manifest.json").exists():
             needed |= {e["sha256"] for e in json.loads((tree / ".manifest.json").read_text())["entries"]}
             continue
@@ -668,11 +692,19 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         help="while applying, repeat the host's report this often (seconds)",
     )
     run.add_argument("--dry-run", action="store_true", help="say what would be downloaded and changed; change nothing")
+    commands.add_parser(
+        "init", help="point current at an empty tree if it points nowhere (before ComfyUI first starts)"
+    )
     commands.add_parser("status", help="the applied, previous and current bundle and whether the tree is intact")
     collect = commands.add_parser("gc", help="delete trees and blobs of bundles other than the current and previous")
     collect.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     home = Path(args.home)
+    if args.command == "init":
+        home.mkdir(parents=True, exist_ok=True)
+        made = init(home)
+        out(f"{home / 'current'} -> bundles/{EMPTY}" if made else f"{home / 'current'} exists; nothing to do")
+        return 0
     if args.command == "status":
         out(json.dumps(status(home), sort_keys=True))
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import tarfile
 import threading
@@ -16,7 +17,18 @@ import pytest
 
 from fleets.models import Asset, Host
 from fleets.services import fleet_activate, fleet_workflow_assign
-from ops.assetsync import Options, Server, SyncError, apply, extract_tar_gz, extract_zip, gc, status
+from ops.assetsync import (
+    Options,
+    Server,
+    SyncError,
+    SyncLog,
+    apply,
+    extract_tar_gz,
+    extract_zip,
+    gc,
+    main,
+    status,
+)
 from tests.conftest import wait_for
 from tests.fleets.conftest import make_asset, make_bundle, register_workflow
 from workflows.services import workflow_graph
@@ -171,8 +183,30 @@ def test_a_hostile_archive_is_refused_and_nothing_changes(host, fleet, object_in
 
     assert apply(server, opts) == 1
     assert not list(tmp_path.rglob("escaped.txt"))
-    assert not (opts.home / "current").exists() and not (opts.home / ".active_bundle_id").exists()
+    assert status(opts.home)["current"] is None and not (opts.home / ".active_bundle_id").exists()
+    assert os.readlink(opts.home / "current") == "bundles/empty"  # nothing of the bundle: the empty tree
     assert "'..'" in [line for line in _log(opts) if line["event"] == "apply.failed"][-1]["error"]
+
+
+def test_a_first_bundle_that_fails_its_gate_leaves_the_empty_tree_comfyui_can_start_on(
+    host, fleet, object_info, tmp_path
+):
+    server, opts = host
+    assert main(["--home", str(opts.home), "init"], out=lambda line: None) == 0  # before ComfyUI first starts
+    assert sorted(p.name for p in (opts.home / "current").iterdir()) == ["custom_nodes", "input", "models"]
+    register_workflow("fancy", "FleetTestNoise")
+    node = make_asset(
+        _git_archive(tmp_path), kind=Asset.Kind.CUSTOM_NODE, name="fancy.tar.gz", node_classes="FleetTestNoise"
+    )
+    fleet_activate(fleet=fleet, bundle=make_bundle("b1", node), by="root", object_info=object_info)
+    fleet_workflow_assign(fleet=fleet, workflow_slug="fancy", object_info=object_info)
+
+    assert apply(server, opts) == 1  # the simulator lacks FleetTestNoise: the gate fails
+    assert os.readlink(opts.home / "current") == "bundles/empty"
+    assert (opts.home / "current/custom_nodes").is_dir() and not any((opts.home / "current/custom_nodes").iterdir())
+    assert _events(opts)[-2:] == ["health.ok", "rollback.done"]
+    assert _log(opts)[-1]["bundle_id"] == "empty"
+    assert "empty" not in [Path(p).name for p in gc(opts.home, log=SyncLog(opts.home / "log"), dry_run=True)]
 
 
 def _zip(name: str, *, link: bool = False) -> Path:
@@ -217,8 +251,6 @@ def test_gc_keeps_the_current_and_previous_bundles(tmp_path):
     (home / ".active_bundle_id").write_text("3\n")
     (home / ".previous_bundle_id").write_text("2\n")
     (home / "current").symlink_to("bundles/3")
-    from ops.assetsync import SyncLog
-
     removed = gc(home, log=SyncLog(home / "log"), dry_run=False)
     assert sorted(removed) == ["bundles/1", "cache/" + "a" * 64]
     assert sorted(p.name for p in (home / "bundles").iterdir()) == ["2", "3"]

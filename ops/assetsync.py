@@ -10,6 +10,7 @@ The host's folder (``--home``, BOOKRENDER_ASSETS_HOME; ``init`` or the first app
     bundles/empty/          the same folders, empty: current before a first bundle is applied
     current -> bundles/<id> what ComfyUI reads (extra_model_paths.yaml, --input-directory)
     .previous_bundle_id     the bundle a rollback returns to
+    .failed_bundle_id       a bundle that failed its switch here: later runs skip it (--retry-failed)
     .active_bundle_id       written last: the bundle applied and healthy
     comfyui-asset-sync.log  JSON lines, one per step
 
@@ -319,10 +320,16 @@ def _place(blob: Path, target: Path) -> None:
 
 
 def _tree(root: Path) -> dict[str, int]:
+    """Every file of a staged tree and its size. Python's bytecode caches are left out: ComfyUI
+    writes them into ``__pycache__`` when it imports a custom node (where it may write), and they
+    are derived from files that are recorded."""
     return {
         str(p.relative_to(root)): p.stat().st_size
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink() and p.name not in (".tree.json", ".manifest.json")
+        if p.is_file()
+        and not p.is_symlink()
+        and p.name not in (".tree.json", ".manifest.json")
+        and "__pycache__" not in p.relative_to(root).parts
     }
 
 
@@ -502,6 +509,9 @@ class Options:
     health_timeout: float = 300
     dry_run: bool = False
     heartbeat_every: float = HEARTBEAT_EVERY_SEC
+    # A bundle that failed its switch (drain, restart or health gate) is not tried again by later
+    # runs, which would restart ComfyUI twice every time, until the fleet points elsewhere or this.
+    retry_failed: bool = False
 
 
 def apply(server: Server, opts: Options) -> int:
@@ -527,6 +537,13 @@ def apply(server: Server, opts: Options) -> int:
         if not opts.dry_run:
             server.heartbeat(state="ready", applied=bundle_id, instances=opts.instances)
         return 0
+    failed = _read_id(home / ".failed_bundle_id")
+    if failed == bundle_id and not opts.retry_failed:
+        note = f"bundle {bundle_id} failed its switch on this host before; not tried again (--retry-failed)"
+        log("apply.skipped", bundle_id=bundle_id, note=note)
+        if not opts.dry_run:
+            server.heartbeat(state="failed", applied=active, instances=opts.instances, error=note)
+        return 1
     log("apply.start", bundle_id=bundle_id, active=active, entries=len(manifest["entries"]), dry_run=opts.dry_run)
     if opts.dry_run:
         for entry in manifest["entries"]:
@@ -578,6 +595,7 @@ def _apply_new(
         return _roll_back(server, opts, log, bundle_id=bundle_id, previous=previous, error=str(exc), gate=before)
     if active is not None and active != bundle_id:
         _write_id(home / ".previous_bundle_id", active)
+    (home / ".failed_bundle_id").unlink(missing_ok=True)
     _write_id(home / ".active_bundle_id", bundle_id)  # last: the bundle is applied and healthy
     seconds = round(time.monotonic() - started, 3)
     log("apply.done", bundle_id=bundle_id, seconds=seconds)
@@ -598,6 +616,7 @@ def _roll_back(
 ) -> int:
     """Back to the previous bundle, gated on the node classes the instances had with it."""
     log("apply.failed", bundle_id=bundle_id, stage="switch", error=error)
+    _write_id(opts.home / ".failed_bundle_id", bundle_id)
     if previous is None:
         # No bundle to go back to: the empty tree, so that ComfyUI still starts.
         (opts.home / "current").unlink(missing_ok=True)
@@ -692,6 +711,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         help="while applying, repeat the host's report this often (seconds)",
     )
     run.add_argument("--dry-run", action="store_true", help="say what would be downloaded and changed; change nothing")
+    run.add_argument("--retry-failed", action="store_true", help="try again a bundle that failed its switch here")
     commands.add_parser(
         "init", help="point current at an empty tree if it points nowhere (before ComfyUI first starts)"
     )
@@ -720,6 +740,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         drain_timeout=args.drain_timeout,
         health_timeout=args.health_timeout,
         dry_run=args.dry_run,
+        retry_failed=args.retry_failed,
         heartbeat_every=args.heartbeat_every,
     )
     home.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,9 @@ def test_it_applies_a_bundle_and_a_second_apply_does_nothing(host, fleet, object
     }
     assert Host.objects.get(name="gpu-a").applied_bundle == bundle
 
+    # ComfyUI importing the custom node writes bytecode beside it: derived files, still intact.
+    (current / "custom_nodes/fancy-node/__pycache__").mkdir()
+    (current / "custom_nodes/fancy-node/__pycache__/__init__.cpython-311.pyc").write_bytes(b"\x00" * 16)
     before = len(_log(opts))
     assert apply(server, opts) == 0
     assert [line["event"] for line in _log(opts)[before:]] == ["apply.nothing_to_do"]
@@ -143,6 +146,15 @@ def test_a_bundle_whose_health_gate_fails_is_rolled_back(host, fleet, object_inf
     host_row = Host.objects.get(name="gpu-a")
     assert (host_row.state, host_row.applied_bundle) == ("failed", first)
     assert "FleetTestNoise" in host_row.last_error
+
+    # The next run (the timer's) does not switch and restart again for the same failed bundle.
+    before = len(_log(opts))
+    assert apply(server, opts) == 1
+    assert _events(opts)[before:] == ["apply.skipped"]
+    assert status(opts.home)["current"] == first.pk
+    retry = Options(**{**opts.__dict__, "retry_failed": True})  # an operator's --retry-failed
+    assert apply(server, retry) == 1
+    assert "switch.done" in _events(opts)[before:] and status(opts.home)["current"] == first.pk
 
 
 def test_a_host_keeps_reporting_while_an_apply_takes_long(host, fleet, object_info, tmp_path):

@@ -36,6 +36,8 @@ def test_the_admin_shows_assets_bundles_fleets_and_their_workers(admin_user, liv
         "instances": ("/admin/renders/comfyinstance/", ["http://gpu-a:8188", "Registered by a fleet host"]),
     }
     for name, (path, expected) in pages.items():
+        # The instances list has 12 columns: wide enough to see the fleet's ones in the screenshot.
+        tab.set_viewport_size({"width": 1900 if name == "instances" else 1280, "height": 900})
         tab.goto(live.url + path)
         text = tab.inner_text("body")
         tab.screenshot(path=str(ARTIFACTS / f"fleets-admin-{name}.png"), full_page=True)

@@ -5,6 +5,7 @@ node the installer put in place. One ComfyUI serves the whole module."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from typing import Any
@@ -30,9 +31,12 @@ def client_for(comfy: Any) -> ComfyClient:
 
 def slow_graph(blurs: int = 40) -> dict[str, Any]:
     """A chain of heavy blurs: seconds per node on CPU. ComfyUI checks for an interrupt between
-    nodes, so a chain stops soon after an interrupt where one big node would run to its end."""
+    nodes, so a chain stops soon after an interrupt where one big node would run to its end. Its
+    colour is new each time: ComfyUI would serve an identical graph that once finished from its
+    cache, in no time."""
+    colour = random.randrange(1, 0xFFFFFF)
     graph: dict[str, Any] = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": 0}}
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": colour}}
     }
     for n in range(2, blurs + 2):
         graph[str(n)] = {
@@ -91,7 +95,14 @@ def test_an_interrupted_prompt_is_an_interrupted_error(real_comfyui):
     with client.watch() as watcher:
         client.submit(slow_graph(), prompt_id=prompt_id)
         wait_for(lambda: client.locate(prompt_id).state == "running", timeout=60)
-        client.interrupt(prompt_id)
+
+        # Until it ends: an interrupt that lands between the prompt leaving the queue and its
+        # execution starting is cleared when it starts (API.md §5), as the worker's cancel knows.
+        def interrupted() -> bool:
+            client.interrupt(prompt_id)
+            return client.locate(prompt_id).state != "running"
+
+        wait_for(interrupted, timeout=120, interval=1.0)
         result = watcher.wait(prompt_id, timeout=120)
     assert result.entry.status == "interrupted"
     assert result.entry.error.kind is ErrorKind.INTERRUPTED and result.entry.error.retryable

@@ -78,6 +78,19 @@ def _no_instances_from_earlier_tests(request: pytest.FixtureRequest) -> None:
     services._slots_counted = (None, float("-inf"))  # nor this process's count of their slots
 
 
+def attempt_history(page: Any) -> tuple[Any, ...]:
+    """What an assertion about a page's attempts prints when it fails: who asked for each attempt
+    (job_metadata), what went wrong, and where every attempt ran."""
+    return (
+        page.number,
+        page.attempt,
+        page.retry_count,
+        page.image_error,
+        page.job_metadata,
+        list(page.attempts.values_list("number", "outcome", "instance_url")),
+    )
+
+
 def builtin_style(slug: str = "model-free") -> dict[str, Any]:
     """The style and workflow version fields of a Book made with ``Book.objects.create``: one of
     the built-in styles (seeded by migration, and again after every flush)."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from books.models import Book, BookPage
 from books.services import PageSpec, book_create
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, attempt_history, wait_for
 from workflows.models import Style
 
 Status = BookPage.Status
@@ -369,14 +369,7 @@ def test_an_owner_looks_at_the_gallery_and_takes_the_book_away(alice, live_serve
         book = book_create(owner=alice, title="Take Away", style="model-free", pages=[PageSpec(p) for p in prompts])
         wait_for(lambda: book.pages.filter(status__in=[Status.DONE, Status.FAILED]).count() == 4, timeout=40)
     for page in book.pages.filter(number__in=(1, 2, 3)):  # each drawn at its first attempt
-        assert page.image_attempt == 1, (
-            page.number,
-            page.attempt,
-            page.retry_count,
-            page.image_error,
-            page.job_metadata,
-            list(page.attempts.values_list("number", "outcome", "instance_url")),
-        )
+        assert page.image_attempt == 1, attempt_history(page)
     sign_in(tab, live_server.url, "/accounts/login/", "alice", "alice-password")
     tab.goto(f"{live_server.url}/books/{book.pk}/")
     for number in (1, 2, 3):

@@ -9,7 +9,7 @@ from PIL import Image
 from books.models import BookPage
 from books.services import PageSpec, book_create
 from renders.models import RenderAttempt
-from tests.conftest import wait_for
+from tests.conftest import attempt_history, wait_for
 
 Status = BookPage.Status
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,14 +28,7 @@ def test_a_twelve_page_book_renders_every_page_exactly_once(alice, simulator, st
     )
 
     for page in book.pages.all():
-        assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == [], (
-            page.number,
-            page.attempt,
-            page.retry_count,
-            page.image_error,
-            page.job_metadata,
-            list(page.attempts.values_list("number", "outcome", "instance_url")),
-        )
+        assert page.image_attempt == 1 and page.retry_count == 0 and page.image_error == [], attempt_history(page)
         with Image.open(page.image.path) as image:
             assert image.format == "PNG" and image.size == (768, 1024)
         attempt = RenderAttempt.objects.get(page=page)

@@ -8,6 +8,7 @@ ops/comfyui.py (tests/realcomfyui.py). The first test must stay first: it expect
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,16 @@ def server(real_comfyui: Any) -> Iterator[SimulatorProcess]:
         log_path=real_comfyui.log_path,
         process=real_comfyui.process,
     )
+
+
+@pytest.fixture(autouse=True)
+def idle_server(server: SimulatorProcess) -> None:
+    """Each test starts on an idle ComfyUI: a prompt an earlier test left would show in its captures."""
+    deadline = time.monotonic() + 60
+    while (queue := server.get("/queue"))["queue_running"] or queue["queue_pending"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"ComfyUI still busy after 60 s with an earlier test's prompts: {queue}")
+        time.sleep(0.05)
 
 
 def test_a_page_renders_like_the_capture(server, connect, capture):

@@ -8,7 +8,6 @@ ops/comfyui.py (tests/realcomfyui.py). The first test must stay first: it expect
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from comfysim.testing import SimulatorProcess
 from tests.comfysim import test_contract as contract
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,12 @@ def server(real_comfyui: Any) -> Iterator[SimulatorProcess]:
 @pytest.fixture(autouse=True)
 def idle_server(server: SimulatorProcess) -> None:
     """Each test starts on an idle ComfyUI: a prompt an earlier test left would show in its captures."""
-    deadline = time.monotonic() + 60
-    while (queue := server.get("/queue"))["queue_running"] or queue["queue_pending"]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"ComfyUI still busy after 60 s with an earlier test's prompts: {queue}")
-        time.sleep(0.05)
+
+    def idle() -> bool:
+        queue = server.get("/queue")
+        return not queue["queue_running"] and not queue["queue_pending"]
+
+    wait_for(idle, timeout=60, interval=0.05, message=lambda: f"ComfyUI still busy: {server.get('/queue')}")
 
 
 def test_a_page_renders_like_the_capture(server, connect, capture):

@@ -96,12 +96,16 @@ _last_instance = ""
 
 # Each instance's GPU index, from its record (ComfyInstance.gpu_index), for NVML readings.
 _GPU_INDEX: dict[str, int | None] = {}
+# Whether the instance was up with no failures counted when this process's page took its slot
+# there: then a successful render has nothing to reset (routing.instance_succeeded is not asked).
+_HEALTHY: dict[str, bool] = {}
 
 
 def _remember_instance(instance: ComfyInstance) -> str:
     global _last_instance
     _last_instance = instance.url
     _GPU_INDEX[instance.url] = instance.gpu_index
+    _HEALTHY[instance.url] = instance.state == ComfyInstance.State.UP and instance.consecutive_failures == 0
     return instance.url
 
 
@@ -110,9 +114,11 @@ def page_render(*, page_id: int, attempt: int) -> str:
     claim = page_claim(page_id=page_id, attempt=attempt)
     if claim is None:
         return "skipped"
+    outcome = ""
     try:
         with KEEPER.hold(claim, claim_renew):
-            return _render_claimed(claim)
+            outcome = _render_claimed(claim)
+            return outcome
     except SoftTimeLimitExceeded:
         return _out_of_time(claim)
     except (OperationalError, InterfaceError):
@@ -122,10 +128,11 @@ def page_render(*, page_id: int, attempt: int) -> str:
         page_hand_back(claim=claim)
         return "handed back"
     finally:
-        try:
-            slot_release(page_id=page_id, claim=claim.token)
-        except DatabaseError:
-            pass  # the connection is gone; the slot's lease lapses by itself
+        if outcome != "done":  # a Done page's slot was released with it (page_finish)
+            try:
+                slot_release(page_id=page_id, claim=claim.token)
+            except DatabaseError:
+                pass  # the connection is gone; the slot's lease lapses by itself
 
 
 def _out_of_time(claim: Claim) -> str:
@@ -363,7 +370,8 @@ def _finish_entry(
             instance=client.base_url,
         )
     _vram_after(client, telemetry)
-    instance_succeeded(url=client.base_url)
+    if not _HEALTHY.get(client.base_url):
+        instance_succeeded(url=client.base_url)
     try:
         finished = page_finish(
             claim=claim, record=record, image=data, result=result, telemetry=telemetry, extension=workflow.output_ext
@@ -411,7 +419,7 @@ def _resume(claim: Claim, record: RenderAttempt) -> str:
     prompt_id = str(record.prompt_id)
     instance = slot_acquire(page=claim.page, attempt=claim.attempt, claim=claim.token, resume_on=record.instance_url)
     if instance is not None:
-        _GPU_INDEX[instance.url] = instance.gpu_index
+        _remember_instance(instance)
     else:
         error = ComfyError(
             ErrorKind.UNAVAILABLE,

@@ -63,6 +63,11 @@ def instances_sync() -> None:
         log.warning("instances retired", extra={"event": "instance.retired", "count": retired})
 
 
+# What routing reads of each instance (and the worker of the one chosen: its GPU index, and
+# whether it was healthy when the page took its slot).
+SLOT_FIELDS = ("url", "gpu_index", "host_id", "slots", "enabled", "state", "consecutive_failures", "queue_remaining")
+
+
 def slot_acquire(
     *, page: BookPage, attempt: int, claim: uuid.UUID | None, avoid: str = "", resume_on: str = "", prefer: str = ""
 ) -> ComfyInstance | None:
@@ -73,12 +78,16 @@ def slot_acquire(
     loaded instances (the one this worker process used last). A page has one slot row: a new
     claim takes over the row of an earlier claim of the page, whose holder can then neither renew
     nor release it."""
+    locked = ComfyInstance.objects.select_for_update().only(*SLOT_FIELDS).order_by("pk")
     with transaction.atomic():
-        # Locking the instance rows serialises slot counting across workers (a few ms each).
-        rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
+        # Locking the instance rows serialises slot counting across workers (a few ms each). The
+        # leases are counted in a statement of their own, after the lock: its snapshot then
+        # includes every slot taken by whoever held the lock before (a count in the locking
+        # statement would see the rows as they were before it waited).
+        rows = list(locked)
         if not set(settings.COMFYUI_URLS) <= {i.url for i in rows}:
             instances_sync()  # a URL new in COMFYUI_URLS: only then a second query
-            rows = list(ComfyInstance.objects.select_for_update().order_by("pk"))
+            rows = list(locked.all())
         instances = [i for i in rows if i.enabled]
         if resume_on:
             chosen = next((i for i in instances if i.url == resume_on), None)
@@ -102,10 +111,17 @@ def slot_acquire(
                 candidates,
                 key=lambda i: (live[i.pk] / max(1, i.slots), i.queue_remaining or 0, i.url != prefer, i.pk),
             )
-        # The page's one slot row, whoever held it before (an earlier claim or attempt).
-        InstanceSlot.objects.filter(page=page)._raw_delete(InstanceSlot.objects.db)
-        InstanceSlot.objects.create(
-            instance=chosen, page=page, attempt=attempt, claim=claim, expires_at=db_in(settings.COMFY_LEASE_SEC)
+        # The page's one slot row, whoever held it before (an earlier claim or attempt): one
+        # INSERT ... ON CONFLICT (page) DO UPDATE.
+        InstanceSlot.objects.bulk_create(
+            [
+                InstanceSlot(
+                    instance=chosen, page=page, attempt=attempt, claim=claim, expires_at=db_in(settings.COMFY_LEASE_SEC)
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["page"],
+            update_fields=["instance", "attempt", "claim", "expires_at"],
         )
     return chosen
 

@@ -41,8 +41,9 @@ from renders import events
 from renders.comfy import ComfyError, ErrorKind, WaitResult
 from renders.lease import Claim, ClaimLost, Superseded, db_in, db_now
 from renders.models import ComfyInstance, RenderAttempt
-from renders.routing import slot_renew
+from renders.routing import slot_release, slot_renew
 from renders.telemetry import telemetry_finalize
+from workflows.services import version_get_cached
 
 __all__ = ["Claim", "ClaimLost", "Superseded"]
 
@@ -358,8 +359,15 @@ def page_claim(*, page_id: int, attempt: int) -> Claim | None:
     if claimed != 1:
         _republish_if_early(page_id=page_id, attempt=attempt)
         return None  # another worker got there first, or a regenerate superseded this attempt
-    # Everything the render reads about its book, workflow version and style, in one query.
-    page = BookPage.objects.select_related("book__workflow_version__workflow", "book__style").get(pk=page_id)
+    # Everything the render reads about its book and style in one query; the workflow version,
+    # which never changes, from this process's cache.
+    page = (
+        BookPage.objects.select_related("book__style")
+        .annotate(version_created_at=F("book__workflow_version__created_at"))
+        .get(pk=page_id)
+    )
+    created_at = page.version_created_at  # type: ignore[attr-defined]  # the annotation above
+    page.book.workflow_version = version_get_cached(page.book.workflow_version_id, created_at)
     return Claim(page=page, attempt=attempt, token=token)
 
 
@@ -426,7 +434,8 @@ def page_finish(
 ) -> bool:
     """Store the image as a new version and mark the page Done, only while the claim holds it.
     The new version becomes the chosen image; earlier versions are kept (see versions_prune).
-    The file is stored first: if the storage fails, this raises and the page is not Done."""
+    The page's slot is released in the same transaction. The file is stored first: if the
+    storage fails, this raises and the page is not Done."""
     page = claim.page
     stored = default_storage.save(page_image_name(page, claim.attempt, claim.token, extension), ContentFile(image))
     with transaction.atomic():
@@ -449,6 +458,7 @@ def page_finish(
                 _close_attempt(record, RenderAttempt.Outcome.SUPERSEDED, telemetry=telemetry)
             default_storage.delete(stored)  # ours alone (named by the claim), and referenced by nothing
             return False
+        slot_release(page_id=page.pk, claim=claim.token)  # with the page: no Done page holds a slot
         PageVersion.objects.create(page=page, attempt=claim.attempt, image=stored, seed=record.seed)
         _close_attempt(
             record,
@@ -646,20 +656,19 @@ def page_defer(*, claim: Claim, seconds: float, note: str, extra: dict[str, Any]
 
 def page_attempt_record(*, claim: Claim, record: RenderAttempt, meta: dict[str, Any]) -> None:
     """Write the attempt's record and its prompt id into the page in one transaction, under the
-    claim, reading job_metadata fresh under the row lock (so a concurrent change is kept)."""
+    claim. The claim's copy of job_metadata is current: every other change to it also changes
+    the claim or the attempt, and then this update finds no page and nothing is written."""
+    job_metadata = _without(claim.page.job_metadata, "deferred")
+    job_metadata.update(meta)
+    job_metadata["prompt_ids"] = {
+        **claim.page.job_metadata.get("prompt_ids", {}),
+        str(record.number): str(record.prompt_id),
+    }
     with transaction.atomic():
-        page = _held(claim).select_for_update().first()
-        if page is None:
+        if _held(claim).update(job_metadata=job_metadata) != 1:
             raise _lost(claim)
         record.save()
-        job_metadata = _without(page.job_metadata, "deferred")
-        job_metadata.update(meta)
-        job_metadata["prompt_ids"] = {
-            **page.job_metadata.get("prompt_ids", {}),
-            str(record.number): str(record.prompt_id),
-        }
-        BookPage.objects.filter(pk=page.pk).update(job_metadata=job_metadata)
-        claim.page.job_metadata = job_metadata
+    claim.page.job_metadata = job_metadata
 
 
 def _after_page_settles(page: BookPage) -> None:

@@ -9,7 +9,9 @@ the page's negative prompt, and the primary input (the page's prompt; an image i
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
@@ -200,6 +202,27 @@ def workflow_choices() -> list[tuple[str, str]]:
 
 
 # --- the worker -----------------------------------------------------------------------------------
+
+
+# Versions never change once registered, so each worker process keeps the ones it renders (their
+# graph and parsed properties) instead of reading and parsing them for every page. An entry is
+# known by its id and creation time (a flushed database, as the benchmarks make, reuses ids), and
+# read again after VERSION_CACHE_SEC: its workflow's name and slug can be edited in the admin.
+VERSION_CACHE_SEC = 30.0
+_versions: dict[tuple[int, datetime], tuple[WorkflowVersion, float]] = {}
+
+
+def version_get_cached(version_id: int, created_at: datetime) -> WorkflowVersion:
+    """The version with its workflow, from this process's cache (see VERSION_CACHE_SEC)."""
+    key = (version_id, created_at)
+    cached = _versions.get(key)
+    if cached is not None and time.monotonic() - cached[1] < VERSION_CACHE_SEC:
+        return cached[0]
+    version = WorkflowVersion.objects.select_related("workflow").get(pk=version_id)
+    if len(_versions) >= 256:
+        _versions.clear()
+    _versions[key] = (version, time.monotonic())
+    return version
 
 
 def page_values(page: BookPage) -> dict[str, Value]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 from html import unescape
 from typing import Any
 
@@ -18,6 +19,7 @@ from PIL import Image
 from books.models import Book
 from books.services import BookInputError, PageSpec, book_create, page_edit
 from renders.models import ComfyInstance
+from workflows import services
 from workflows.graphs import GraphError
 from workflows.models import Style, Workflow, WorkflowVersion
 from workflows.services import page_graph, version_check, version_create
@@ -306,3 +308,22 @@ def test_the_new_book_page_shows_a_styles_preview_served_through_the_storage(ali
     assert response["Content-Type"] == "image/png"
     assert b"".join(response.streaming_content) == buffer.getvalue()
     assert alice_client.get("/styles/sdxl/preview").status_code == 404  # no preview
+
+
+def test_a_worker_reads_a_version_once_and_again_when_a_flushed_database_reuses_its_id(
+    stormy, monkeypatch, django_assert_num_queries
+):
+    version = stormy.version
+    monkeypatch.setattr(services, "_versions", {})
+    with django_assert_num_queries(1):
+        first = services.version_get_cached(version.pk, version.created_at)
+    assert first.graph == version.graph and first.workflow.slug == "sketch"
+    with django_assert_num_queries(0):
+        assert services.version_get_cached(version.pk, version.created_at) is first
+    # The same id with another creation time is another version (ids start again after a flush).
+    with django_assert_num_queries(1):
+        services.version_get_cached(version.pk, version.created_at + timedelta(seconds=1))
+    # Its workflow's slug can be edited in the admin: an entry is read again once it is old.
+    monkeypatch.setattr(services, "VERSION_CACHE_SEC", 0.0)
+    Workflow.objects.filter(pk=version.workflow_id).update(slug="renamed")
+    assert services.version_get_cached(version.pk, version.created_at).workflow.slug == "renamed"

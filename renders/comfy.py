@@ -18,9 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlencode
 
+import certifi
 import requests
+import urllib3
 import websocket
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import TimeoutError as TransportTimeout
 
 MB = 1024 * 1024
 # exception_type strings ComfyUI reports for a GPU out-of-memory (API.md §9).
@@ -182,17 +188,52 @@ def new_client_id() -> str:
     return f"bookrender-{socket.gethostname()[:20]}-{uuid.uuid4().hex[:12]}"
 
 
-def _session_for(base_url: str) -> requests.Session:
-    """A session that reads the proxy, CA bundle and .netrc settings from the environment once.
+def _pool_for(base_url: str) -> urllib3.PoolManager:
+    """Connections to one ComfyUI, with the proxy, CA bundle and .netrc login the environment
+    gives for its URL, read once (as requests would, but requests reads them again on every call
+    and costs twice the CPU of urllib3 alone per request: a worker makes five a page)."""
+    headers: dict[str, str] = {}
+    login = requests.utils.get_netrc_auth(base_url)
+    if login:
+        headers.update(urllib3.util.make_headers(basic_auth=f"{login[0]}:{login[1]}"))
+    tls: dict[str, Any] = {
+        "cert_reqs": "CERT_REQUIRED",
+        "ca_certs": os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where(),
+    }
+    scheme = base_url.split(":", 1)[0]
+    proxies = requests.utils.get_environ_proxies(base_url)
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy:
+        return urllib3.ProxyManager(proxy, headers=headers, **tls)
+    return urllib3.PoolManager(headers=headers, **tls)
 
-    requests otherwise reads them on every call, walking the whole environment: a fifth of a
-    worker's CPU per page with a few HTTP calls per page."""
-    session = requests.Session()
-    session.proxies.update(requests.utils.get_environ_proxies(base_url))
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    session.auth = requests.utils.get_netrc_auth(base_url)
-    session.trust_env = False
-    return session
+
+class Response:
+    """What a ComfyUI call answered: its status and body (read in full, unless streamed)."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
+        self._raw = raw
+        self.status_code = raw.status
+
+    @property
+    def content(self) -> bytes:
+        return self._raw.data
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        return self._raw.stream(chunk_size)
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.release_conn()
 
 
 class ComfyClient:
@@ -213,7 +254,7 @@ class ComfyClient:
         self.unreachable_grace = unreachable_grace
         self.client_id = client_id or new_client_id()
         self.max_image_bytes = max_image_bytes
-        self._session = _session_for(self.base_url)
+        self._pool = _pool_for(self.base_url)
         self._jobs_api: bool | None = None
         self._stats: tuple[float, SystemStats] | None = None  # (monotonic time, reading)
 
@@ -231,34 +272,46 @@ class ComfyClient:
         stream: bool = False,
         files: dict[str, Any] | None = None,
         data: dict[str, str] | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         url = self.base_url + path
+        if params:
+            url += "?" + urlencode(params)
+        fields: dict[str, Any] | None = None
+        payload: bytes | None = None
+        headers = dict(self._pool.headers)  # the .netrc login, if any
+        if files or data:
+            fields = {**(data or {}), **(files or {})}  # multipart/form-data
+        elif body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
             # No redirects: ComfyUI's API never sends one, and following it would take our request
-            # (and a /view body) to whatever host it names.
-            response = self._session.request(
+            # (and a /view body) to whatever host it names. No retries: the callers decide.
+            raw = self._pool.request(
                 method,
                 url,
-                json=body,
-                params=params,
+                body=payload,
+                fields=fields,
+                headers=headers,
                 timeout=timeout or self.timeout,
-                allow_redirects=False,
-                stream=stream,
-                files=files,
-                data=data,
+                redirect=False,
+                retries=False,
+                preload_content=not stream,
             )
-        except requests.Timeout as exc:
-            # The request may have arrived: the caller decides whether to look before repeating it.
-            raise self._error(
-                ErrorKind.UNAVAILABLE,
-                f"no answer from {method} {path} within {timeout or self.timeout:g} s",
-                details={"no_answer": True},
-            ) from exc
-        except requests.RequestException as exc:
+        except (TransportError, OSError) as exc:
+            # A timeout means the request may have arrived: the caller decides whether to look
+            # before repeating it. (urllib3 files a refused connection under its timeouts too.)
+            if isinstance(exc, TransportTimeout) and not isinstance(exc, NewConnectionError):
+                raise self._error(
+                    ErrorKind.UNAVAILABLE,
+                    f"no answer from {method} {path} within {timeout or self.timeout:g} s",
+                    details={"no_answer": True},
+                ) from exc
             raise self._error(
                 ErrorKind.UNAVAILABLE,
                 f"cannot reach ComfyUI for {method} {path}: {type(exc).__name__}",
             ) from exc
+        response = Response(raw)
         if response.status_code >= 500:
             raise self._error(
                 ErrorKind.UNAVAILABLE,
@@ -273,7 +326,7 @@ class ComfyClient:
             )
         return response
 
-    def _json(self, response: requests.Response, what: str) -> Any:
+    def _json(self, response: Response, what: str) -> Any:
         try:
             return response.json()
         except ValueError:
@@ -618,7 +671,7 @@ class ComfyClient:
                             f"/view sent more than {self.max_image_bytes / MB:g} MB for "
                             f"{image.subfolder}/{image.filename} (the limit is COMFY_MAX_IMAGE_MB)",
                         )
-            except requests.RequestException as exc:
+            except (TransportError, OSError) as exc:
                 raise self._error(
                     ErrorKind.UNAVAILABLE, f"cannot read /view for {image.filename}: {type(exc).__name__}"
                 ) from exc
@@ -687,7 +740,7 @@ class ComfyClient:
             watcher.close()
 
     def close(self) -> None:
-        self._session.close()
+        self._pool.clear()
 
 
 class PromptWatcher:

@@ -191,7 +191,7 @@ def new_client_id() -> str:
 def _pool_for(base_url: str) -> urllib3.PoolManager:
     """Connections to one ComfyUI, with the proxy, CA bundle and .netrc login the environment
     gives for its URL, read once (as requests would, but requests reads them again on every call
-    and costs twice the CPU of urllib3 alone per request: a worker makes five a page)."""
+    and costs twice the CPU of urllib3 alone per request: a worker makes four a page)."""
     headers: dict[str, str] = {}
     login = requests.utils.get_netrc_auth(base_url)
     if login:

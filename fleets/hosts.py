@@ -88,7 +88,10 @@ def host_register(*, fleet: Fleet, name: str) -> tuple[Host, str]:
     host, created = Host.objects.update_or_create(
         fleet=fleet, name=name, defaults={"token_sha256": token_sha256(token), "last_seen_at": timezone.now()}
     )
-    log.warning(
+    # A host new to the fleet is worth an operator's look; a known one registers again on every
+    # asset-sync run and after each reboot, which is routine.
+    log.log(
+        logging.WARNING if created else logging.INFO,
         "fleet host registered",
         extra={"event": "host.registered", "fleet": fleet.slug, "host": name, "new": created},
     )

@@ -10,7 +10,7 @@ import pytest
 import requests
 from django.utils import timezone
 
-from fleets.hosts import hosts_sweep
+from fleets.hosts import host_register, hosts_sweep
 from fleets.models import Host
 from fleets.services import fleet_secret_rotate
 from ops.assetsync import Server, SyncError, sign
@@ -44,6 +44,14 @@ def test_a_host_registers_and_its_instances_appear_as_fleet_instances(host_serve
     assert host.state == "ready" and host.last_seen_at is not None
     rows = list(ComfyInstance.objects.filter(host=host).order_by("url").values_list("url", "registration_source"))
     assert rows == [("http://10.0.0.5:8188", "fleet"), ("http://10.0.0.5:8189", "fleet")]
+
+
+def test_a_new_host_is_a_warning_and_its_routine_re_registration_is_not(fleet, caplog):
+    caplog.set_level("INFO", logger="bookrender")
+    host_register(fleet=fleet, name="gpu-a")
+    host_register(fleet=fleet, name="gpu-a")  # the next asset-sync run, or a reboot
+    levels = [(r.levelname, r.new) for r in caplog.records if r.getMessage() == "fleet host registered"]
+    assert levels == [("WARNING", True), ("INFO", False)]
 
 
 def test_a_wrong_secret_gets_nothing(live, fleet):

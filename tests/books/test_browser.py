@@ -489,7 +489,7 @@ def test_an_owner_stops_a_book_picks_a_version_and_keeps_it_through_a_failed_reg
     card.get_by_role("button", name="Regenerate page").click()
     expect(tab.locator(".messages")).to_contain_text("Page 1 queued for rendering.")
     expect(card.locator(".version.is-chosen")).to_have_text("attempt 2 (shown)", timeout=RENDER_TIMEOUT_MS)
-    card.get_by_role("button", name="Show attempt 1").click()
+    card.get_by_role("button", name="Use attempt 1").click()
     expect(tab.locator(".messages")).to_contain_text("Page 1 now shows its image from attempt 1.")
     expect(card.locator(".version.is-chosen")).to_have_text("attempt 1 (shown)")
     expect(card.locator("img")).to_have_attribute("src", f"/books/{book.pk}/pages/1/thumb?v=1")

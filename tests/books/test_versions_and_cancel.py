@@ -34,7 +34,7 @@ def two_versions(book: Book, number: int = 1) -> BookPage:
 def test_the_card_offers_the_other_versions_and_one_click_shows_one(alice_client, book):
     two_versions(book)
     html = alice_client.get(f"/books/{book.pk}/").content.decode()
-    assert "attempt 2 (shown)" in html and "Show attempt 1" in html
+    assert "attempt 2 (shown)" in html and "Use attempt 1" in html
     assert "kept as an earlier version" in html  # the regenerate button says what happens to it
 
     response = alice_client.post(f"/books/{book.pk}/pages/1/versions/1/choose")

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,20 @@ def _log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def _group_pids(leader: int) -> list[int]:
-    """Every process in the worker's process group (its main process and pool children)."""
-    pids = []
+def _processes() -> Iterator[tuple[int, str, list[str]]]:
+    """Every process now: its pid, command name and the /proc/<pid>/stat fields after the name."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                head, rest = (entry / "stat").read_text().rsplit(")", 1)
+            except (OSError, ValueError):
                 continue
-            if int(fields[2]) == leader:  # field 5 of stat: the process group
-                pids.append(int(entry.name))
-    return pids
+            yield int(entry.name), head.split("(", 1)[-1], rest.split()
+
+
+def _group_pids(leader: int) -> list[int]:
+    """Every process in the worker's process group (its main process and pool children)."""
+    return [pid for pid, _, fields in _processes() if int(fields[2]) == leader]  # field 5: the group
 
 
 def _ticks(pid: int) -> int:
@@ -64,15 +67,7 @@ def _cpu_seconds(leader: int) -> float:
 
 def _named_pids(*names: str) -> list[int]:
     """Processes whose command name is one of ``names`` (PostgreSQL's postmaster and backends)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in names:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return [pid for pid, name, _ in _processes() if name in names]
 
 
 def _cpu_by_process(worker: int, simulators: list[int]) -> dict[str, float]:

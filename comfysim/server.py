@@ -765,7 +765,8 @@ class Simulator:
         await self._history_delay()
         prompt_id = request.match_info["prompt_id"]
         if prompt_id in self.queue.history:
-            return web.json_response({prompt_id: copy.deepcopy(self.queue.history[prompt_id])})
+            # ComfyUI deep-copies the entry before json.dumps; serialising it at once is the same.
+            return web.json_response({prompt_id: self.queue.history[prompt_id]})
         return web.json_response({})
 
     async def post_history(self, request: web.Request) -> web.StreamResponse:

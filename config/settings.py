@@ -309,6 +309,9 @@ BOOKRENDER_REQUIRE_COMFYUI = env_bool("BOOKRENDER_REQUIRE_COMFYUI", False)
 # --- Celery (loaded by config/celery.py with namespace="CELERY") ---------------------------------
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport with one redis-py client per channel (config/broker.py), for redis://
+# brokers; any other URL keeps the transport its scheme names.
+CELERY_BROKER_TRANSPORT = "config.broker:Transport" if CELERY_BROKER_URL.startswith("redis://") else None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 # Long tasks (see the Celery docs on acks_late and the Redis visibility timeout): a message is

@@ -1,8 +1,8 @@
 """Celery's Redis transport, with one redis-py client per channel instead of one per command.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish, ack and queue-size call
-(``Channel._create_client``); each build fills a 170-entry case-insensitive callback table,
-which the bench measured as the largest single cost in a render worker's main process. The
+(``Channel._create_client``); each build fills a 170-entry case-insensitive callback table
+(0.23 ms of CPU per ``apply_async`` here: 1.01 ms with a new client each time, 0.78 ms with one). The
 client holds no connection of its own (it takes one from the channel's pool per command), so one
 per pool serves every call. kombu drops its pools after a fork; the client goes with its pool.
 

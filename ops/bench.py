@@ -51,23 +51,14 @@ def _group_pids(leader: int) -> list[int]:
     return [pid for pid, _, fields in _processes() if int(fields[2]) == leader]  # field 5: the group
 
 
-def _ticks(pid: int) -> int:
+def _ticks(pid: int, *, reaped: bool = True) -> int:
     """CPU ticks of a process, with those of its children it has reaped (a PostgreSQL backend
-    that ended, a pool process that was replaced): 0 once it is gone."""
+    that ended, a pool process that was replaced) unless ``reaped`` is False: 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
-    return sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
-
-
-def _own_ticks(pid: int) -> int:
-    """CPU ticks of the process itself (utime, stime), without its reaped children's."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
+    return sum(int(field) for field in fields[11 : 15 if reaped else 13])  # utime, stime, cutime, cstime
 
 
 def _cpu_seconds(leader: int) -> float:
@@ -84,7 +75,7 @@ def _cpu_by_process(worker: int, simulators: list[int]) -> dict[str, float]:
     same cores: the worker, the simulators, PostgreSQL, Redis and this process (which creates
     the book, as the web app would, and polls until it settles)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    main = _own_ticks(worker) / ticks  # Celery's consumer: fetching, acking, events, the pool's pipes
+    main = _ticks(worker, reaped=False) / ticks  # Celery's consumer: fetching, acking, events, the pool's pipes
     return {
         "worker_main": main,
         "worker_pool": _cpu_seconds(worker) - main,  # the pool processes, which render the pages
